@@ -1,0 +1,33 @@
+"""`fleet validate`: check models.yaml and resolve it against the registry."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fleet.commands import add_fleet_args, tracking_uri
+from fleet.registry import resolve_fleet
+from fleet.spec import load_fleet
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "validate", help="check models.yaml against the registry, one line per route"
+    )
+    add_fleet_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fleet = load_fleet(args.models).with_alias(args.alias)
+    resolved = resolve_fleet(fleet, tracking_uri(args))
+    by_name = {r.name: r for r in resolved}
+    width = max(len(r.model.route) for r in resolved) if resolved else 0
+    for r in resolved:
+        inputs = ", ".join(f"{c.name}:{c.type}{'' if c.required else '?'}" for c in r.inputs)
+        print(f"{r.model.route:<{width}}  {r.name} v{r.version}  ({inputs})")
+    for exp in fleet.experiments:
+        arms = ", ".join(f"{v.model} v{by_name[v.model].version} {v.weight}%" for v in exp.variants)
+        print(f"{exp.route:<{width}}  experiment [{exp.sticky_header}]: {arms}")
+    print(f"ok: {len(resolved)} models, {len(fleet.experiments)} experiments")
+    return 0

@@ -1,0 +1,138 @@
+"""Request models and random records from a model's MLflow signature.
+
+The signature is carried around as plain data (`Column` lists) so that the router, the
+model server and the profiler share one definition without importing MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictInt, StrictStr
+from pydantic import create_model as _create_model
+
+ColumnType = Literal["double", "float", "long", "integer", "boolean", "string"]
+SUPPORTED_TYPES: tuple[str, ...] = ("double", "float", "long", "integer", "boolean", "string")
+
+_INT64 = (-(2**63), 2**63 - 1)
+_INT32 = (-(2**31), 2**31 - 1)
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+@dataclass(frozen=True)
+class Column:
+    """One input column of a model signature."""
+
+    name: str
+    type: ColumnType
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Column:
+        return Column(name=data["name"], type=data["type"], required=data.get("required", True))
+
+
+def _python_type(col: Column) -> Any:
+    if col.type == "double":
+        return Annotated[float, Field(allow_inf_nan=False, strict=True)]
+    if col.type == "float":
+        return Annotated[
+            float, Field(allow_inf_nan=False, strict=True, ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)
+        ]
+    if col.type == "long":
+        return Annotated[StrictInt, Field(ge=_INT64[0], le=_INT64[1])]
+    if col.type == "integer":
+        return Annotated[StrictInt, Field(ge=_INT32[0], le=_INT32[1])]
+    if col.type == "boolean":
+        return StrictBool
+    if col.type == "string":
+        return StrictStr
+    raise ValueError(f"column '{col.name}': type '{col.type}' is not supported")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
+
+
+def record_model(name: str, columns: list[Column]) -> type[BaseModel]:
+    """A pydantic model for one record: unknown fields, wrong types, NaN and inf refused."""
+    fields: dict[str, Any] = {}
+    for i, col in enumerate(columns):
+        typ = _python_type(col)
+        if col.required:
+            fields[f"f{i}"] = (typ, Field(alias=col.name))
+        else:
+            fields[f"f{i}"] = (typ | None, Field(default=None, alias=col.name))
+    model: type[BaseModel] = _create_model(_model_name(name), __base__=_Record, **fields)
+    return model
+
+
+def batch_model(name: str, columns: list[Column], max_batch: int = 1000) -> type[RootModel[Any]]:
+    """A pydantic model for a non-empty list of at most `max_batch` records."""
+    record = record_model(name, columns)
+    batch = Annotated[list[record], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
+    model: type[RootModel[Any]] = _create_model(
+        _model_name(name) + "Batch", __base__=RootModel[batch]
+    )
+    return model
+
+
+def _model_name(name: str) -> str:
+    return "".join(p.capitalize() for p in "".join(c if c.isalnum() else " " for c in name).split())
+
+
+def validate_records(model: type[BaseModel], records: list[Any]) -> list[dict[str, Any]]:
+    """Validated records as plain dicts keyed by column name (raises ValidationError)."""
+    return [model.model_validate(r).model_dump(by_alias=True) for r in records]
+
+
+def random_record(columns: list[Column], rng: random.Random) -> dict[str, Any]:
+    """One valid record; optional columns are sometimes left out."""
+    out: dict[str, Any] = {}
+    for col in columns:
+        if not col.required and rng.random() < 0.2:
+            continue
+        out[col.name] = _random_value(col, rng)
+    return out
+
+
+def random_records(columns: list[Column], count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`count` valid records, the same ones for the same seed."""
+    rng = random.Random(seed)
+    return [random_record(columns, rng) for _ in range(count)]
+
+
+def _random_value(col: Column, rng: random.Random) -> Any:
+    if col.type in ("double", "float"):
+        value = rng.uniform(-100.0, 100.0)
+        return value if math.isfinite(value) else 0.0
+    if col.type in ("long", "integer"):
+        return rng.randint(0, 1000)
+    if col.type == "boolean":
+        return rng.random() < 0.5
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 12)))
+
+
+def columns_from_signature(signature: Any, model_name: str) -> list[Column]:
+    """Columns of an MLflow `ModelSignature`; raises ValueError naming the model otherwise."""
+    if signature is None or signature.inputs is None:
+        raise ValueError(f"model '{model_name}' has no signature")
+    schema = signature.inputs
+    if not schema.has_input_names() or schema.is_tensor_spec():
+        raise ValueError(f"model '{model_name}': the signature is not column based")
+    cols: list[Column] = []
+    for spec in schema.inputs:
+        typ = getattr(spec.type, "name", str(spec.type))
+        if typ not in SUPPORTED_TYPES:
+            raise ValueError(
+                f"model '{model_name}': input '{spec.name}' has type '{typ}', "
+                f"supported are {', '.join(SUPPORTED_TYPES)}"
+            )
+        cols.append(Column(name=spec.name, type=cast(ColumnType, typ), required=spec.required))
+    return cols

@@ -1,0 +1,404 @@
+"""The schema of `models.yaml`: the one typed boundary for what the fleet is.
+
+Two forms are accepted. The form used in the field today, a plain list of entries:
+
+    - name: match_probability_2_TAXI_trafficunaware
+      version: 1
+      endpoint: probability
+      parameters: [2, TAXI, trafficunaware]
+
+and the full form, a mapping with `defaults`, `models` and `experiments`. Every error
+names the model (or experiment), the field and the line of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleet.naming import k8s_name
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+
+
+class SpecError(ValueError):
+    """`models.yaml` is not valid; `problems` lists every problem found, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Batching(_Strict):
+    """BentoML adaptive batching of the model server."""
+
+    enabled: bool = True
+    """Group concurrent requests into one model call."""
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    """Most records in one model call."""
+    max_latency_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
+    """Most time a request may wait for its batch to fill."""
+
+
+class MemoryPolicy(_Strict):
+    """How the pod's memory request and limit follow from the pre-deploy measurement."""
+
+    request_margin_percent: Annotated[float, Field(ge=0, le=1000)] = 15.0
+    """request = p95 of measured memory, plus this share of it."""
+    limit_factor: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    """limit = measured peak times this factor ..."""
+    limit_floor_mib: Annotated[int, Field(ge=0)] = 64
+    """... and at least the peak plus this many MiB."""
+    ceiling_mib: Annotated[int, Field(ge=1)] = 4096
+    """The deploy gate: a model measured above this fails the rollout."""
+    fixed_mib: Annotated[int, Field(ge=16)] | None = None
+    """Skip profiling; request and limit are both this many MiB."""
+
+
+class Autoscaling(_Strict):
+    """A HorizontalPodAutoscaler on CPU utilisation."""
+
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    """Fewest pods."""
+    max_replicas: Annotated[int, Field(ge=1)] = 5
+    """Most pods."""
+    cpu_utilization_percent: Annotated[int, Field(ge=1, le=100)] = 70
+    """Target average CPU use, as a share of the CPU request."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be at least min_replicas")
+        return self
+
+
+class Settings(_Strict):
+    """Per-model settings; `defaults` sets them fleet-wide, a model entry overrides them."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Pods of the model server (ignored while autoscaling is set)."""
+    cpu: str = "250m"
+    """CPU request of one pod, in Kubernetes units (`250m`, `1`)."""
+    batching: Batching = Batching()
+    """Adaptive batching of the model server."""
+    memory: MemoryPolicy = MemoryPolicy()
+    """Memory sizing from the pre-deploy profile."""
+    autoscaling: Autoscaling | None = None
+    """Add a HorizontalPodAutoscaler."""
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        if not _CPU.match(value):
+            raise ValueError(f"'{value}' is not a Kubernetes CPU quantity such as 250m or 1")
+        return value
+
+
+class ModelEntry(_Strict):
+    """One model of the fleet: an MLflow registered model served on one route."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    """The registered model's name in MLflow."""
+    version: Annotated[int, Field(ge=1)] | None = None
+    """A pinned MLflow model version; give this or `alias`."""
+    alias: Annotated[str, Field(min_length=1)] | None = None
+    """An MLflow alias (`champion`) that picks the version; give this or `version`."""
+    endpoint: Annotated[str, Field(min_length=1)]
+    """First path segment of the route (`probability`)."""
+    parameters: list[str | int] = []
+    """Further path segments (`[2, TAXI, trafficaware]` → `/probability/2/TAXI/trafficaware`)."""
+    replicas: int | None = None
+    """Overrides `defaults.replicas`."""
+    cpu: str | None = None
+    """Overrides `defaults.cpu`."""
+    batching: dict[str, Any] | None = None
+    """Overrides fields of `defaults.batching`."""
+    memory: dict[str, Any] | None = None
+    """Overrides fields of `defaults.memory`."""
+    autoscaling: dict[str, Any] | None = None
+    """Overrides `defaults.autoscaling`."""
+
+    @model_validator(mode="after")
+    def _version_or_alias(self) -> ModelEntry:
+        if self.version is None and self.alias is None:
+            raise ValueError("give either 'version' or 'alias' (neither is set)")
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give either 'version' or 'alias', not both")
+        return self
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return _segment(value)
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: list[str | int]) -> list[str | int]:
+        for item in value:
+            _segment(str(item))
+        return value
+
+    @property
+    def route(self) -> str:
+        return "/" + "/".join([self.endpoint, *(str(p) for p in self.parameters)])
+
+    def overrides(self) -> dict[str, Any]:
+        fields = ("replicas", "cpu", "batching", "memory", "autoscaling")
+        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+
+
+class Variant(_Strict):
+    """One arm of an A/B experiment."""
+
+    model: str
+    """Name of a model of this fleet."""
+    weight: Annotated[int, Field(ge=0, le=100)]
+    """Share of traffic in percent; the weights of an experiment sum to 100."""
+
+
+class Experiment(_Strict):
+    """An A/B test: one route whose traffic is split between models of the fleet."""
+
+    route: str
+    """The experiment's own path (`/probability/2/TAXI`)."""
+    variants: Annotated[list[Variant], Field(min_length=2)]
+    """The models that share the traffic, with their weights."""
+    sticky_header: str = "X-Sticky-Key"
+    """Request header whose value keeps one caller on one variant."""
+
+    @field_validator("route")
+    @classmethod
+    def _route(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not value.startswith("/") or not all(_SEGMENT.match(p) for p in parts):
+            raise ValueError(f"'{value}' is not a path such as /probability/2/TAXI")
+        return "/" + "/".join(parts)
+
+    @model_validator(mode="after")
+    def _weights(self) -> Experiment:
+        total = sum(v.weight for v in self.variants)
+        if total != 100:
+            raise ValueError(f"variant weights sum to {total}, not 100")
+        names = [v.model for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("a model appears twice among the variants")
+        return self
+
+
+class Model(_Strict):
+    """A model entry with its effective settings (defaults merged with overrides)."""
+
+    name: str
+    version: int | None
+    alias: str | None
+    route: str
+    k8s_name: str
+    settings: Settings
+
+
+class Fleet(_Strict):
+    """The whole of `models.yaml`, validated."""
+
+    defaults: Settings = Settings()
+    """Settings every model gets unless its entry overrides them."""
+    models: list[ModelEntry]
+    """The models of the fleet."""
+    experiments: list[Experiment] = []
+    """A/B experiments over models of the fleet."""
+
+    def resolved_models(self) -> list[Model]:
+        """Models with effective settings; raises SpecError naming every bad override."""
+        out: list[Model] = []
+        problems: list[str] = []
+        base = self.defaults.model_dump(exclude_none=True)
+        for entry in self.models:
+            try:
+                settings = Settings.model_validate(_merge(base, entry.overrides()))
+            except ValidationError as exc:
+                problems += [f"model '{entry.name}': {_describe(e)}" for e in exc.errors()]
+                continue
+            out.append(
+                Model(
+                    name=entry.name,
+                    version=entry.version,
+                    alias=entry.alias,
+                    route=entry.route,
+                    k8s_name=k8s_name(entry.name),
+                    settings=settings,
+                )
+            )
+        if problems:
+            raise SpecError(problems)
+        return out
+
+    def with_alias(self, alias: str | None) -> Fleet:
+        """The fleet with every alias-picked model on `alias` (a stack's override)."""
+        if not alias:
+            return self
+        models = [m.model_copy(update={"alias": alias}) if m.alias else m for m in self.models]
+        return self.model_copy(update={"models": models})
+
+    def only(self, names: list[str]) -> Fleet:
+        """The fleet cut down to `names`, with the experiments whose variants all remain."""
+        unknown = sorted(set(names) - {m.name for m in self.models})
+        if unknown:
+            raise SpecError([f"no model named '{n}' in the fleet" for n in unknown])
+        keep = set(names)
+        exps = [e for e in self.experiments if all(v.model in keep for v in e.variants)]
+        return self.model_copy(
+            update={"models": [m for m in self.models if m.name in keep], "experiments": exps}
+        )
+
+
+def _segment(value: str) -> str:
+    if not _SEGMENT.match(value):
+        raise ValueError(f"'{value}' may hold only letters, digits, '.', '_' and '-'")
+    return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate `models.yaml`; raises SpecError naming model, field and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return parse_fleet(text, str(path))
+
+
+def parse_fleet(text: str, source: str = "models.yaml") -> Fleet:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{source}: not valid YAML: {exc}"]) from exc
+    if isinstance(data, list):
+        data = {"models": data}
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [(yaml.ScalarNode("", "models"), node)])
+    if not isinstance(data, dict):
+        raise SpecError([f"{source}: expected a list of models or a mapping with 'models'"])
+    try:
+        fleet = Fleet.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([_locate(source, node, data, e) for e in exc.errors()]) from exc
+    problems = [f"{source}: {p}" for p in _cross_check(fleet, node)]
+    if problems:
+        raise SpecError(problems)
+    try:
+        fleet.resolved_models()
+    except SpecError as exc:
+        raise SpecError([f"{source}: {p}" for p in exc.problems]) from exc
+    return fleet
+
+
+def _cross_check(fleet: Fleet, node: Any) -> list[str]:
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    routes: dict[str, str] = {}
+    k8s: dict[str, str] = {}
+    for i, m in enumerate(fleet.models):
+        where = _line(node, ("models", i))
+        if m.name in names:
+            problems.append(
+                f"line {where}: model '{m.name}': name: duplicate of the model "
+                f"on line {_line(node, ('models', names[m.name]))}"
+            )
+            continue
+        names[m.name] = i
+        if m.route in routes:
+            problems.append(
+                f"line {where}: model '{m.name}': endpoint/parameters: route "
+                f"{m.route} is already served by model '{routes[m.route]}'"
+            )
+        routes.setdefault(m.route, m.name)
+        kn = k8s_name(m.name)
+        if kn in k8s:
+            problems.append(
+                f"line {where}: model '{m.name}': name: Kubernetes name {kn} "
+                f"collides with model '{k8s[kn]}'"
+            )
+        k8s.setdefault(kn, m.name)
+    seen: set[str] = set()
+    for j, e in enumerate(fleet.experiments):
+        where = _line(node, ("experiments", j))
+        if e.route in routes:
+            problems.append(
+                f"line {where}: experiment '{e.route}': route: collides with the "
+                f"route of model '{routes[e.route]}'"
+            )
+        if e.route in seen:
+            problems.append(f"line {where}: experiment '{e.route}': route: duplicate experiment")
+        seen.add(e.route)
+        for k, v in enumerate(e.variants):
+            if v.model not in names:
+                vline = _line(node, ("experiments", j, "variants", k))
+                problems.append(
+                    f"line {vline}: experiment '{e.route}': variants.{k}.model: "
+                    f"no model named '{v.model}' in the fleet"
+                )
+    return problems
+
+
+def _locate(source: str, node: Any, data: dict[str, Any], error: Any) -> str:
+    loc = tuple(error["loc"])
+    who = ""
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        entry = data["models"][loc[1]] if loc[1] < len(data.get("models") or []) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        who = f"model '{name}'" if name else f"model #{loc[1] + 1}"
+        loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "experiments" and isinstance(loc[1], int):
+        exp = data["experiments"][loc[1]]
+        route = exp.get("route") if isinstance(exp, dict) else None
+        who = f"experiment '{route}'" if route else f"experiment #{loc[1] + 1}"
+        loc = loc[2:]
+    err = dict(error)
+    err["loc"] = loc
+    head = f"{source}: line {_line(node, tuple(error['loc']))}"
+    return f"{head}: {who}: {_describe(err)}" if who else f"{head}: {_describe(err)}"
+
+
+def _line(node: Any, loc: tuple[Any, ...]) -> int:
+    """1-based line of the deepest YAML node that `loc` reaches."""
+    best = node
+    for key in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == key), None)
+            if child is None and isinstance(key, str):
+                # an unknown key: point at the key itself
+                child = next((k for k, _ in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            child = node.value[key] if key < len(node.value) else None
+        if child is None:
+            break
+        node = best = child
+    mark = getattr(best, "start_mark", None)
+    return mark.line + 1 if mark is not None else 1
