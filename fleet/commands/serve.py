@@ -1,0 +1,183 @@
+"""`fleet serve`: the whole fleet on one machine, no Kubernetes.
+
+The same model server and router code as in the images, as local processes: one model
+server per model on a free port, the router in front with the same routes config format
+the Pulumi program puts in a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fleet.commands import add_fleet_args, tracking_uri
+from fleet.local import Child, Supervisor, free_port, port_is_free
+from fleet.registry import LOCAL_HOME, ResolvedModel, is_default_local, resolve_fleet
+from fleet.schema import random_records
+from fleet.spec import load_fleet
+
+READY_TIMEOUT_S = 180.0
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="run the fleet on this machine: model servers and the router"
+    )
+    add_fleet_args(parser)
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="serve only this model (repeatable); experiments need all their variants",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="router port (default: 8000, or a free one)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="router address (default 127.0.0.1)")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait per start"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fleet = load_fleet(args.models).with_alias(args.alias)
+    if args.only:
+        fleet = fleet.only(args.only)
+    uri = tracking_uri(args)
+    _ensure_registry(uri)
+    resolved = resolve_fleet(fleet, uri)
+
+    from fleet.routes import build_routes_config
+    from fleet.serving.launch import prepare_model, server_command
+
+    run_dir = LOCAL_HOME / "serve" / str(os.getpid())
+    sup = Supervisor(log_dir=run_dir / "logs")
+    _stop_on_signals()
+    try:
+        servers: dict[str, Child] = {}
+        for i, model in enumerate(resolved, 1):
+            _say(f"[{i}/{len(resolved)}] preparing {model.name} v{model.version}")
+            tag = prepare_model(model, uri)
+            port = free_port()
+            argv, env = server_command(model, port, bento_model_tag=tag)
+            servers[model.name] = sup.start(model.name, argv, env, f"http://127.0.0.1:{port}")
+        _say(f"starting {len(servers)} model servers ...")
+        sup.wait_ready(
+            servers.values(),
+            "/readyz",
+            args.ready_timeout,
+            on_ready=lambda c: _say(f"  ready: {c.name} ({c.url})"),
+        )
+
+        config = build_routes_config(fleet, resolved, lambda r: servers[r.name].url)
+        routes_path = run_dir / "routes.json"
+        routes_path.write_text(json.dumps(config, indent=2))
+        port = _router_port(args.port, args.host)
+        router = sup.start(
+            "router",
+            [
+                sys.executable,
+                "-m",
+                "fleet.router",
+                "--config",
+                str(routes_path),
+                "--host",
+                args.host,
+                "--port",
+                str(port),
+            ],
+            {},
+            f"http://{args.host}:{port}",
+        )
+        sup.wait_ready([router], "/readyz", args.ready_timeout)
+        if not router.ready:
+            _say(f"error: the router did not start ({router.error}); its log:\n{router.log_tail()}")
+            return 1
+        _summary(router.url, resolved, servers, fleet.experiments)
+        while router.alive():
+            time.sleep(0.5)
+        _say(f"the router stopped; its log:\n{router.log_tail()}")
+        return 1
+    except _Stop:
+        _say("stopping ...")
+        return 0
+    finally:
+        # A second Ctrl-C must not cut the clean-up short and leave orphans.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sup.stop_all()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_on_signals() -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _ensure_registry(uri: str) -> None:
+    """Create the demo registry when the default local registry is empty."""
+    if not is_default_local(uri) or _has_models(uri):
+        return
+    from fleet.demo import create_demo_registry
+
+    _say(f"no registry at {uri}: creating the demo registry (about a minute, once)")
+    LOCAL_HOME.mkdir(parents=True, exist_ok=True)
+    create_demo_registry(uri, LOCAL_HOME / "artifacts", progress=_say)
+
+
+def _has_models(uri: str) -> bool:
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        return False
+    from mlflow import MlflowClient
+
+    return bool(MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models())
+
+
+def _router_port(requested: int | None, host: str) -> int:
+    if requested is not None:
+        return requested
+    return 8000 if port_is_free(8000, host) else free_port(host)
+
+
+def _summary(
+    url: str, resolved: list[ResolvedModel], servers: dict[str, Child], experiments: list[Any]
+) -> None:
+    down = [r for r in resolved if not servers[r.name].ready]
+    for r in down:
+        child = servers[r.name]
+        _say(f"\nmodel {r.name} failed to start ({child.error}); last log lines:")
+        _say(child.log_tail())
+    _say(f"\nrouter: {url}    Swagger UI: {url}/docs    metrics: {url}/metrics\n")
+    for r in resolved:
+        if servers[r.name].ready:
+            body = json.dumps(random_records(r.inputs, 1, seed=1)[0])
+            _say(f"curl -s {url}{r.model.route} -H 'content-type: application/json' -d '{body}'")
+    by_name = {r.name: r for r in resolved}
+    for exp in experiments:
+        body = json.dumps(random_records(by_name[exp.variants[0].model].inputs, 1, seed=1)[0])
+        _say(
+            f"curl -s {url}{exp.route} -H '{exp.sticky_header}: alice' "
+            f"-H 'content-type: application/json' -d '{body}'"
+        )
+    if down:
+        _say(f"\nDOWN ({len(down)}): " + ", ".join(r.model.route for r in down))
+    _say(f"\nserving {len(resolved) - len(down)}/{len(resolved)} models; Ctrl-C stops them all")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
