@@ -125,5 +125,5 @@ def test_sigterm_stops_every_process_it_started(
     assert len(started) >= 11  # ten model servers and the router, plus their workers
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
-    gone, alive = psutil.wait_procs(started, timeout=15)
+    _gone, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, [p.pid for p in alive]
