@@ -1,0 +1,163 @@
+"""The routes config builder and its loader (pure; plus one run on the demo registry)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fleet.cli import main
+from fleet.registry import ResolvedModel
+from fleet.routes import (
+    RouterLimits,
+    RoutesConfigError,
+    build_routes_config,
+    load_routes_config,
+    parse_routes_config,
+)
+from fleet.schema import Column
+from fleet.spec import Fleet, parse_fleet
+
+FLEET_YAML = """
+models:
+  - {name: m_a, version: 1, endpoint: p, parameters: [2, TAXI, a]}
+  - {name: m_b, alias: champion, endpoint: p, parameters: [2, TAXI, b]}
+  - {name: m_c, version: 3, endpoint: q}
+experiments:
+  - route: /p/2/TAXI
+    sticky_header: X-Caller-Id
+    variants: [{model: m_a, weight: 60}, {model: m_b, weight: 40}]
+"""
+
+
+def _resolved(fleet: Fleet) -> list[ResolvedModel]:
+    cols = [Column("x", "double"), Column("n", "long", required=False)]
+    return [
+        ResolvedModel(
+            model=m,
+            version=m.version or 7,
+            model_uri=f"models:/{m.name}/1",
+            run_id="r",
+            source="s",
+            inputs=cols,
+        )
+        for m in fleet.resolved_models()
+    ]
+
+
+def _url(r: ResolvedModel) -> str:
+    return f"http://{r.model.k8s_name}:3000/"
+
+
+def test_build_routes_config_shape() -> None:
+    fleet = parse_fleet(FLEET_YAML)
+    config = build_routes_config(fleet, _resolved(fleet), _url)
+    json.dumps(config)  # serialisable as is
+    assert config["version"] == 1
+    assert config["limits"] == {"max_batch": 1000, "max_body_bytes": 1048576, "timeout_s": 5.0}
+    first = config["routes"][0]
+    assert first["path"] == "/p/2/TAXI/a"
+    assert first["model"] == "m_a"
+    assert first["version"] == 1
+    assert first["backend"].startswith("http://m-a-") and not first["backend"].endswith("/")
+    assert first["inputs"] == [
+        {"name": "x", "type": "double", "required": True},
+        {"name": "n", "type": "long", "required": False},
+    ]
+    assert [r["version"] for r in config["routes"]] == [1, 7, 3]
+    assert config["experiments"] == [
+        {
+            "path": "/p/2/TAXI",
+            "sticky_header": "X-Caller-Id",
+            "variants": [{"model": "m_a", "weight": 60}, {"model": "m_b", "weight": 40}],
+        }
+    ]
+
+
+def test_limits_flow_into_routes() -> None:
+    fleet = parse_fleet(FLEET_YAML)
+    limits = RouterLimits(max_batch=10, max_body_bytes=4096, timeout_s=0.5)
+    config = build_routes_config(fleet, _resolved(fleet), _url, limits=limits)
+    assert config["limits"]["max_batch"] == 10
+    assert {r["timeout_s"] for r in config["routes"]} == {0.5}
+
+
+def test_experiment_dropped_when_a_variant_is_not_resolved() -> None:
+    fleet = parse_fleet(FLEET_YAML)
+    resolved = [r for r in _resolved(fleet) if r.name != "m_b"]
+    config = build_routes_config(fleet, resolved, _url)
+    assert config["experiments"] == []
+    assert [r["model"] for r in config["routes"]] == ["m_a", "m_c"]
+
+
+def test_loader_roundtrip(tmp_path: Path) -> None:
+    fleet = parse_fleet(FLEET_YAML)
+    config = build_routes_config(fleet, _resolved(fleet), _url)
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps(config))
+    loaded = load_routes_config(path)
+    assert loaded.route_for("m_b").path == "/p/2/TAXI/b"
+    assert loaded.experiments[0].variants[1].weight == 40
+    assert loaded.routes[0].columns()[1] == Column("n", "long", required=False)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda c: c["routes"][0].update(typo=1), "routes.0.typo"),
+        (lambda c: c["routes"][0].update(backend="ftp://x"), "routes.0.backend"),
+        (lambda c: c["routes"][0]["inputs"][0].update(type="complex"), "routes.0.inputs.0.type"),
+        (lambda c: c["experiments"][0]["variants"][0].update(weight=10), "sum to 50, not 100"),
+        (lambda c: c["experiments"][0]["variants"][0].update(model="nope"), "nope"),
+        (lambda c: c["routes"][1].update(path="/p/2/TAXI/a"), "served twice: /p/2/TAXI/a"),
+        (lambda c: c.update(version=2), "version"),
+        (lambda c: c["limits"].update(max_batch=0), "limits.max_batch"),
+    ],
+)
+def test_loader_names_the_bad_field(mutate, needle: str) -> None:
+    fleet = parse_fleet(FLEET_YAML)
+    config = build_routes_config(fleet, _resolved(fleet), _url)
+    mutate(config)
+    with pytest.raises(RoutesConfigError, match=needle.replace(".", r"\.")):
+        parse_routes_config(config)
+
+
+def test_loader_reports_unreadable_file(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.json"
+    bad.write_text("{not json")
+    with pytest.raises(RoutesConfigError, match=r"routes\.json"):
+        load_routes_config(bad)
+
+
+def test_fleet_routes_command_on_demo_registry(
+    demo_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    code = main(
+        [
+            "routes",
+            "--models",
+            str(root / "models.yaml"),
+            "--tracking-uri",
+            demo_uri,
+            "--backend-template",
+            "http://127.0.0.1:9/{name}",
+            "--timeout",
+            "2.5",
+        ]
+    )
+    assert code == 0
+    config = json.loads(capsys.readouterr().out)
+    loaded = parse_routes_config(config)
+    paths = {r.path for r in loaded.routes}
+    assert "/probability/2/TAXI/trafficaware" in paths and "/demand/2" in paths
+    assert loaded.experiments[0].path == "/probability/2/TAXI"
+    demand = loaded.route_for("demand_forecast_1")
+    assert demand.backend == "http://127.0.0.1:9/demand_forecast_1"
+    assert demand.timeout_s == 2.5
+    assert [(c.name, c.type) for c in demand.inputs] == [
+        ("hour_of_week", "long"),
+        ("temperature", "double"),
+        ("holiday", "boolean"),
+    ]
