@@ -1,0 +1,7 @@
+"""`python -m profiler`: the same as `fleet profile`."""
+
+import sys
+
+from profiler.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Command line of the profiler, shared by `python -m profiler` and `fleet profile`.
+
+Exit codes: 0 every model passed (or was cached or fixed), 1 a model failed the gate,
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleet.commands import add_fleet_args, tracking_uri
+from fleet.registry import ResolutionError, resolve_fleet
+from fleet.spec import SpecError, load_fleet
+from profiler.cache import DEFAULT_DIR, ProfileCache
+from profiler.fleet import profile_fleet
+from profiler.load import LoadPlan
+from profiler.report import summary_table
+from profiler.run import ProfileOptions, make_backend
+
+if TYPE_CHECKING:
+    from fleet.build import BuildSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of `fleet profile` / `python -m profiler`."""
+    parser.add_argument("names", nargs="*", metavar="MODEL", help="models to profile")
+    parser.add_argument("--all", action="store_true", help="profile every model of the fleet")
+    add_fleet_args(parser)
+    parser.add_argument("--backend", choices=("process", "docker"), default="process")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (10)")
+    parser.add_argument("--requests", type=int, default=None, help="valid requests instead")
+    parser.add_argument("--concurrency", type=_ints, default=(1, 4, 16), help="e.g. 1,4,16")
+    parser.add_argument("--batch-sizes", type=_ints, default=(1, 16), help="e.g. 1,16")
+    parser.add_argument("--parallel", type=int, default=2, help="models at once (2)")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds (180)")
+    parser.add_argument("--interval", type=float, default=0.1, help="sampling seconds (0.1)")
+    parser.add_argument("--idle", type=float, default=2.0, help="idle seconds (2)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_DIR, help=f"({DEFAULT_DIR})")
+    parser.add_argument("--no-cache", action="store_true", help="profile even when cached")
+    parser.add_argument("--registry", default=None, help="image name prefix (docker backend)")
+    parser.add_argument("--base-image", default=None, help="base image (docker backend)")
+    parser.add_argument("--json", action="store_true", help="print the reports as JSON")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of integers"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' needs positive integers") from None
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.names and not args.all:
+        print("error: name the models to profile, or pass --all", file=sys.stderr)
+        return 2
+    fleet = load_fleet(args.models).with_alias(args.alias)
+    if args.names:
+        fleet = fleet.only(list(dict.fromkeys(args.names)))
+    uri = tracking_uri(args)
+    resolved = resolve_fleet(fleet, uri)
+    build = _build_settings(args)
+    options = ProfileOptions(
+        plan=LoadPlan(
+            duration_s=args.duration,
+            requests=args.requests,
+            concurrencies=args.concurrency,
+            batch_sizes=args.batch_sizes,
+        ),
+        ready_timeout_s=args.ready_timeout,
+        sample_interval_s=args.interval,
+        idle_s=args.idle,
+        build=build,
+    )
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    outcomes = profile_fleet(
+        resolved,
+        uri,
+        backend=make_backend(args.backend, build),
+        options=options,
+        parallel=args.parallel,
+        cache=None if args.no_cache else ProfileCache(args.cache_dir),
+        progress=log,
+    )
+    reports = [o.report for o in outcomes if o.report is not None and o.status != "failed"]
+    if args.json:
+        print(json.dumps([r.to_dict() | {"cached": r.cached} for r in reports], indent=2))
+    elif reports:
+        print()
+        print(summary_table(reports))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"\n{len(failed)} model(s) failed the profile gate:", file=sys.stderr)
+        for o in failed:
+            print(o.error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _build_settings(args: argparse.Namespace) -> BuildSettings | None:
+    if args.registry is None and args.base_image is None:
+        return None
+    from fleet.build import BuildSettings
+
+    fields = {"registry": args.registry, "base_image": args.base_image}
+    return BuildSettings(**{k: v for k, v in fields.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m profiler",
+        description="Measure model servers' memory under load and recommend pod memory.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (SpecError, ResolutionError) as exc:
+        print(f"error: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,67 @@
+"""The deploy gate: a model that fails it must not ship.
+
+It fails when the server never becomes ready, when any valid request fails (the model's
+predictions failed), when an invalid request is accepted, or when measured memory is
+above the policy's `ceiling_mib`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fleet.spec import MemoryPolicy
+
+if TYPE_CHECKING:
+    from profiler.report import LoadStats, MemoryStats, Report
+
+
+class ProfileGateError(RuntimeError):
+    """A model failed the profile gate; the message says why, with the server's last log lines."""
+
+    def __init__(
+        self,
+        model: str,
+        problems: Sequence[str],
+        *,
+        log_tail: Sequence[str] = (),
+        report: Report | None = None,
+    ) -> None:
+        self.model = model
+        self.problems = list(problems)
+        self.log_tail = list(log_tail)
+        self.report = report
+        lines = [f"model '{model}' failed the profile gate:"]
+        lines += [f"  - {p}" for p in self.problems]
+        if self.log_tail:
+            lines.append("  last lines of the server log:")
+            lines += [f"    | {line}" for line in self.log_tail]
+        super().__init__("\n".join(lines))
+
+
+def load_problems(load: LoadStats) -> list[str]:
+    """Failed valid requests and accepted invalid ones."""
+    problems: list[str] = []
+    if load.errors:
+        first = load.first_errors[0] if load.first_errors else "no detail"
+        problems.append(
+            f"predictions failed: {load.errors} of {load.requests} valid requests failed "
+            f"(first: {first})"
+        )
+    problems += [f"an invalid request was accepted: {what}" for what in load.invalid_accepted]
+    return problems
+
+
+def memory_problems(memory: MemoryStats, policy: MemoryPolicy) -> list[str]:
+    """Memory above the ceiling."""
+    if memory.peak_mib > policy.ceiling_mib:
+        return [
+            f"memory peak {memory.peak_mib:.0f} MiB is above the ceiling of "
+            f"{policy.ceiling_mib} MiB (memory.ceiling_mib)"
+        ]
+    return []
+
+
+def problems_of(report: Report, policy: MemoryPolicy) -> list[str]:
+    """Every reason `report` fails the gate under `policy` (empty when it passes)."""
+    return load_problems(report.load) + memory_problems(report.memory, policy)
