@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fleet.demo import create_demo_registry
 from fleet.registry import LOCAL_HOME, default_tracking_uri
 
 
@@ -22,6 +21,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: fleet.demo pulls in pandas, scikit-learn and mlflow.pyfunc, which
+    # every other command (all of them build this parser) would otherwise pay for.
+    from fleet.demo import create_demo_registry
+
     home: Path = args.home
     home.mkdir(parents=True, exist_ok=True)
     uri = args.tracking_uri or default_tracking_uri(home)
