@@ -1,0 +1,32 @@
+"""model-fleet: every model of models.yaml as its own service, behind one router.
+
+Reads like a table of contents; each step lives in `components/`:
+  1. the stack's typed config (components/config.py),
+  2. the fleet spec on the stack's alias, resolved against the MLflow registry
+     (the only thing done at program time: previews stay reads),
+  3. per model a ModelService (image -> memory profile -> Deployment, Service, PDB, HPA),
+     and the Router (routes ConfigMap, Deployment, Service, Ingress, NetworkPolicy),
+  4. outputs: the router URL and, per model, version, image digest and memory.
+Building, pushing and profiling happen inside resources during `pulumi up`, and only
+for models whose content hash changed.
+"""
+
+import pulumi
+
+from components.config import load_stack_config
+from components.program import deploy_fleet, load_models, model_outputs
+
+# 1. Stack config: dev, staging (alias challenger) and production (alias champion).
+config = load_stack_config()
+
+# 2. The fleet, pinned to registry versions.
+fleet, models = load_models(config)
+
+# 3. Platform (namespace, pull secret), one ModelService per model, the Router.
+deployment = deploy_fleet(config, fleet, models)
+
+# 4. What a person or the next pipeline step needs.
+pulumi.export("router_url", deployment.router.url)
+pulumi.export("routes_checksum", deployment.router.config_checksum)
+pulumi.export("namespace", config.namespace)
+pulumi.export("models", model_outputs(deployment))

@@ -1,0 +1,154 @@
+"""Typed stack configuration, read in one place.
+
+Every `fleet:*` key of `Pulumi.<stack>.yaml` is read here into one frozen object; the
+rest of the program takes that object and never touches `pulumi.Config`. Defaults live
+here and only here. Secrets (registry password, MLflow token) stay `Output`s marked
+secret, so they are encrypted in state and never appear in a manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from fleet.build import DEFAULT_BASE_IMAGE
+
+NAMESPACE = "fleet"
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    """How the router is exposed outside the cluster."""
+
+    host: str
+    """DNS name the Ingress answers (`models.example.com`)."""
+    class_name: str = "nginx"
+    """IngressClass of the controller that serves it."""
+    tls_secret: str | None = None
+    """Name of an existing `kubernetes.io/tls` Secret for `host`; no TLS when unset."""
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The router's own Deployment."""
+
+    image: str
+    """Router image reference (built by CI from the same uv.lock as the model images)."""
+    replicas: int = 2
+    """Router pods."""
+    cpu: str = "250m"
+    """CPU request of one router pod."""
+    memory_mib: int = 256
+    """Memory request and limit of one router pod."""
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for the image registry: used to push images and to pull them."""
+
+    server: str
+    """Registry host (`registry.example.com:5000`)."""
+    username: str
+    """Registry user."""
+    password: pulumi.Output[str]
+    """Registry password or token; a secret."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything one stack (dev, staging, production) decides."""
+
+    stack: str
+    """Stack name; part of the `app.kubernetes.io/instance` label."""
+    namespace: str
+    """Kubernetes namespace the fleet runs in (created with the restricted PSS label)."""
+    models_file: str
+    """Path of the fleet spec, relative to the project."""
+    alias: str | None
+    """MLflow alias every alias-picked model follows in this stack (`champion`)."""
+    tracking_uri: str
+    """MLflow tracking/registry URI the models are read from."""
+    registry: str
+    """Image name prefix (`localhost:5000/fleet`)."""
+    base_image: str
+    """Base image of the model images."""
+    ca_bundle: str | None
+    """Extra CA bundle (PEM path) trusted inside the images."""
+    push: bool
+    """Push images and deploy them by digest; false for a cluster sharing the local engine."""
+    router: RouterConfig
+    """The router Deployment."""
+    ingress: IngressConfig
+    """The router's Ingress."""
+    registry_auth: RegistryAuth | None
+    """Registry credentials; None for an open local registry."""
+    mlflow_token: pulumi.Output[str] | None
+    """MLflow token (secret) the image build reads models with."""
+    profile_requests: int = 200
+    """Random requests the profiler sends to each model image."""
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    """Labels added to every Kubernetes object (team, cost centre)."""
+
+
+def load_stack_config() -> StackConfig:
+    """Read the current stack's `fleet:*` config; raises naming the missing key."""
+    cfg = pulumi.Config("fleet")
+    registry = cfg.require("registry")
+    username = cfg.get("registryUsername")
+    auth = None
+    if username:
+        auth = RegistryAuth(
+            server=registry.split("/", 1)[0],
+            username=username,
+            password=cfg.require_secret("registryPassword"),
+        )
+    tracking_uri = cfg.require("trackingUri")
+    remote = tracking_uri.startswith(("http://", "https://", "databricks"))
+    ingress: dict[str, Any] = cfg.get_object("ingress") or {}
+    router: dict[str, Any] = cfg.get_object("router") or {}
+    return StackConfig(
+        stack=pulumi.get_stack(),
+        namespace=cfg.get("namespace") or NAMESPACE,
+        models_file=cfg.get("modelsFile") or "models.yaml",
+        alias=cfg.get("alias"),
+        tracking_uri=tracking_uri,
+        registry=registry,
+        base_image=cfg.get("baseImage") or DEFAULT_BASE_IMAGE,
+        ca_bundle=cfg.get("caBundle"),
+        push=cfg.get_bool("push", True),
+        router=RouterConfig(
+            image=_required(router, "image", "router"),
+            replicas=int(router.get("replicas", 2)),
+            cpu=str(router.get("cpu", "250m")),
+            memory_mib=int(router.get("memoryMib", 256)),
+        ),
+        ingress=IngressConfig(
+            host=_required(ingress, "host", "ingress"),
+            class_name=str(ingress.get("className", "nginx")),
+            tls_secret=ingress.get("tlsSecret"),
+        ),
+        registry_auth=auth,
+        # A remote tracking server needs the token; a local sqlite registry has none.
+        mlflow_token=cfg.require_secret("mlflowToken") if remote else None,
+        profile_requests=cfg.get_int("profileRequests", 200),
+        extra_labels=dict(cfg.get_object("labels") or {}),
+    )
+
+
+def mlflow_token_for_reads() -> str | None:
+    """The MLflow token as plain text, for reading the registry at program time only.
+
+    Resolution runs before any resource exists, so it cannot wait on an Output; the
+    engine hands the decrypted value to the program anyway. It never enters a resource.
+    """
+    value = pulumi.runtime.get_config("fleet:mlflowToken")
+    return str(value) if value else None
+
+
+def _required(obj: dict[str, Any], key: str, parent: str) -> str:
+    value = obj.get(key)
+    if not value:
+        raise pulumi.ConfigMissingError(f"fleet:{parent}.{key}", False)
+    return str(value)

@@ -1,0 +1,183 @@
+"""The model image as a Pulumi dynamic resource: build and push only when the hash changes.
+
+The content hash (`fleet.build.content_hash`) is computed at program time: it is pure and
+cheap. The provider compares it with the hash in state, so `preview` and an `up` with no
+change do no work, even on a fresh CI runner with no Docker cache; building and pushing
+happen only in `create`/`update`. The provider holds no state of its own and is pickled
+by reference (its module must be importable where the engine runs the provider).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+from components.config import RegistryAuth
+from components.resolved import resolved_from_dict, resolved_to_dict
+from fleet.build import BuildSettings, build_image, content_hash, push_image
+from fleet.registry import ResolvedModel
+
+# Inputs whose change means a different image; anything else (a rotated token, a new
+# tracking URI for the same model) must not trigger a rebuild.
+IMAGE_KEYS = ("content_hash", "image_ref", "push")
+
+
+@dataclass(frozen=True)
+class ModelImageArgs:
+    """What a model image is built from."""
+
+    resolved: ResolvedModel
+    """The model, pinned to a registry version."""
+    build: BuildSettings
+    """Registry prefix, base image, CA bundle."""
+    tracking_uri: str
+    """MLflow URI the build downloads the model from."""
+    push: bool = True
+    """Push to the registry and deploy by digest."""
+    auth: RegistryAuth | None = None
+    """Registry credentials for the push."""
+    mlflow_token: pulumi.Output[str] | None = None
+    """MLflow token for the download (secret)."""
+
+
+def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
+    """The resource's inputs; the hash is computed here, at program time, with no I/O."""
+    digest = content_hash(args.resolved, args.build)
+    return {
+        "model": resolved_to_dict(args.resolved),
+        "content_hash": digest,
+        "image_ref": f"{args.build.registry}/{args.resolved.model.k8s_name}:{digest}",
+        "registry": args.build.registry,
+        "base_image": args.build.base_image,
+        "ca_bundle": str(args.build.ca_bundle) if args.build.ca_bundle else None,
+        "tracking_uri": args.tracking_uri,
+        "push": args.push,
+        "registry_server": args.auth.server if args.auth else None,
+        "registry_username": args.auth.username if args.auth else None,
+        "registry_password": args.auth.password if args.auth else None,
+        "mlflow_token": args.mlflow_token,
+    }
+
+
+def image_changed(olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+    """The inputs that differ in a way that needs a new image."""
+    return [k for k in IMAGE_KEYS if olds.get(k) != news.get(k)]
+
+
+def deployable_ref(image_ref: str, digest: str) -> str:
+    """`repo@sha256:...` when the push returned a digest, else the tag."""
+    if not digest:
+        return image_ref
+    if "@" in digest:
+        return digest
+    return f"{image_ref.rsplit(':', 1)[0]}@{digest}"
+
+
+@contextmanager
+def _env(extra: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _login(server: str, username: str, password: str) -> None:
+    # The docker CLI stores the login where the SDK's push reads it.
+    subprocess.run(
+        ["docker", "login", server, "--username", username, "--password-stdin"],
+        input=password.encode(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
+    """Build (cached by tag) and push the image; returns the resource's outputs."""
+    resolved = resolved_from_dict(props["model"])
+    settings = BuildSettings(
+        registry=props["registry"],
+        base_image=props["base_image"],
+        ca_bundle=Path(props["ca_bundle"]) if props.get("ca_bundle") else None,
+    )
+    token = props.get("mlflow_token")
+    with _env({"MLFLOW_TRACKING_TOKEN": token} if token else {}):
+        result = build_image(resolved, props["tracking_uri"], settings)
+    if result.content_hash != props["content_hash"]:
+        raise RuntimeError(
+            f"model '{resolved.name}': content hash {result.content_hash} at build time is "
+            f"not the {props['content_hash']} the plan was made with; run the update again"
+        )
+    digest = ""
+    if props.get("push"):
+        if props.get("registry_username"):
+            _login(props["registry_server"], props["registry_username"], props["registry_password"])
+        digest = push_image(result.image_ref)
+    secrets = ("registry_password", "mlflow_token")
+    outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
+    outs.update(
+        image_id=result.image_id,
+        digest=digest,
+        image=deployable_ref(result.image_ref, digest),
+        built=result.built,
+    )
+    return outs
+
+
+class ModelImageProvider(ResourceProvider):
+    """Builds and pushes a model image in create/update only; diff compares hashes."""
+
+    serialize_as_secret_always = False
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = build_and_push(props)
+        return CreateResult(id_=outs["image_ref"], outs=outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = image_changed(olds, news)
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # The engine calls update only when diff found a change; build_image is itself
+        # cached by tag, so a retried update does not build twice.
+        return UpdateResult(outs=build_and_push(news))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        # Images stay in the registry: a rollback needs them; retention is the registry's job.
+        return None
+
+
+class ModelImage(pulumi.dynamic.Resource, module="fleet", name="ModelImage"):
+    """A model's container image, pushed to the stack's registry."""
+
+    image: pulumi.Output[str]
+    """Reference to deploy: `repo@sha256:...` after a push, else `repo:hash`."""
+    digest: pulumi.Output[str]
+    """Repository digest returned by the push ("" without a push)."""
+    content_hash: pulumi.Output[str]
+    """The content hash the image was built for."""
+    image_ref: pulumi.Output[str]
+    """`<registry>/<k8s-name>:<content-hash>`."""
+
+    def __init__(
+        self, name: str, args: ModelImageArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        props = {**image_inputs(args), "image": None, "digest": None, "image_id": None}
+        props["built"] = None
+        planned: str = props["content_hash"]
+        super().__init__(ModelImageProvider(), name, props, opts)
+        self.planned_hash = planned
+        """The content hash computed at program time (a plain string)."""

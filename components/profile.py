@@ -1,0 +1,150 @@
+"""A model's memory profile as a Pulumi dynamic resource.
+
+The profiler runs the model image under random requests from its signature and measures
+memory; it runs only in `create`/`update`, and only when the image changed. The
+measured numbers are the resource's outputs, so they live in the stack's state and a
+fresh CI runner needs no cache. When the profiler's gate fails the provider raises: the
+update stops before the Deployment, which depends on these outputs, changes. A change of
+the memory policy alone re-derives request and limit from the stored measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+from components.resolved import resolved_from_dict, resolved_to_dict
+from fleet.registry import ResolvedModel
+from fleet.spec import MemoryPolicy
+
+# Inputs whose change needs a new measurement.
+MEASURE_KEYS = ("image", "content_hash", "requests")
+# Inputs whose change only needs the recommendation re-derived from the measurement.
+POLICY_KEYS = ("memory",)
+NUMBERS = ("request_mib", "limit_mib", "idle_mib", "p95_mib", "peak_mib")
+
+
+@dataclass(frozen=True)
+class MemoryProfileArgs:
+    """What a memory profile measures."""
+
+    resolved: ResolvedModel
+    """The model (its signature drives the random requests)."""
+    image: pulumi.Input[str]
+    """The model image to run, by digest where known."""
+    content_hash: pulumi.Input[str]
+    """Content hash of that image; the profiler caches reports under it."""
+    requests: int = 200
+    """Random requests to send while measuring."""
+
+
+def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
+    return {
+        "model": resolved_to_dict(args.resolved),
+        "image": args.image,
+        "content_hash": args.content_hash,
+        "memory": args.resolved.model.settings.memory.model_dump(mode="json"),
+        "requests": args.requests,
+    }
+
+
+def changed(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    return [k for k in keys if olds.get(k) != news.get(k)]
+
+
+def measure(props: dict[str, Any]) -> dict[str, Any]:
+    """Run the profiler on the image (docker backend); the outputs carry the numbers.
+
+    Raises `profiler.ProfileGateError` (naming the model and why) when the gate fails.
+    """
+    from profiler import LoadPlan, ProfileCache, ProfileOptions, profile
+    from profiler.docker import DockerBackend
+
+    resolved = resolved_from_dict(props["model"])
+    plan = LoadPlan(duration_s=None, requests=int(props["requests"]))
+    report = profile(
+        resolved,
+        "",  # the image already holds the model; nothing is read from MLflow
+        backend=DockerBackend(str(props["image"])),
+        options=ProfileOptions(plan=plan),
+        content_hash=str(props["content_hash"]),
+        # The local report cache spares a laptop a second run; CI relies on the state.
+        cache=ProfileCache(),
+    )
+    mem = report.memory
+    return _outputs(
+        props,
+        report.recommendation.request_mib,
+        report.recommendation.limit_mib,
+        {"idle_mib": mem.idle_mib, "p95_mib": mem.p95_mib, "peak_mib": mem.peak_mib},
+        report.summary(),
+    )
+
+
+def rederive(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
+    """Request and limit under a new memory policy, from the measurement in state."""
+    from profiler import ProfileGateError, recommend
+
+    policy = MemoryPolicy.model_validate(news["memory"])
+    if olds["peak_mib"] > policy.ceiling_mib:
+        raise ProfileGateError(
+            news["model"]["name"],
+            [
+                f"memory peak {olds['peak_mib']:.0f} MiB is above the ceiling of "
+                f"{policy.ceiling_mib} MiB (memory.ceiling_mib)"
+            ],
+        )
+    rec = recommend(olds["p95_mib"], olds["peak_mib"], policy)
+    keep = {k: olds[k] for k in ("idle_mib", "p95_mib", "peak_mib")}
+    return _outputs(news, rec.request_mib, rec.limit_mib, keep, olds.get("summary", ""))
+
+
+def _outputs(
+    props: dict[str, Any], request: int, limit: int, stats: dict[str, float], summary: str
+) -> dict[str, Any]:
+    outs = {k: v for k, v in props.items() if not k.startswith("__")}
+    outs.update(stats, request_mib=int(request), limit_mib=int(limit), summary=summary)
+    return outs
+
+
+class MemoryProfileProvider(ResourceProvider):
+    """Profiles in create/update only; diff compares the image and the policy."""
+
+    serialize_as_secret_always = False
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = measure(props)
+        return CreateResult(id_=f"{props['model']['name']}@{props['content_hash']}", outs=outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        moved = changed(olds, news, MEASURE_KEYS + POLICY_KEYS)
+        return DiffResult(changes=bool(moved), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if changed(olds, news, MEASURE_KEYS) or "peak_mib" not in olds:
+            return UpdateResult(outs=measure(news))
+        return UpdateResult(outs=rederive(olds, news))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        return None
+
+
+class MemoryProfile(pulumi.dynamic.Resource, module="fleet", name="MemoryProfile"):
+    """Memory measured for one model image, and the request/limit it leads to."""
+
+    request_mib: pulumi.Output[int]
+    """Memory request in MiB."""
+    limit_mib: pulumi.Output[int]
+    """Memory limit in MiB."""
+    peak_mib: pulumi.Output[float]
+    """Peak memory measured under load."""
+
+    def __init__(
+        self, name: str, args: MemoryProfileArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        props = profile_inputs(args)
+        props.update({k: None for k in NUMBERS}, summary=None)
+        super().__init__(MemoryProfileProvider(), name, props, opts)

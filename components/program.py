@@ -1,0 +1,120 @@
+"""The program's steps as functions, so tests can run them on models they resolved.
+
+`__main__.py` calls these in order; graph tests call `deploy_fleet` with a fleet and
+resolved models of their own (the demo registry, or a generated fleet of hundreds).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from components.config import StackConfig, mlflow_token_for_reads
+from components.model_service import ModelService, ModelServiceArgs
+from components.platform import Platform, PlatformArgs
+from components.router import Router, RouterArgs
+from fleet.build import BuildSettings
+from fleet.registry import ResolvedModel, resolve_fleet
+from fleet.spec import Fleet, load_fleet
+
+
+@dataclass(frozen=True)
+class FleetDeployment:
+    """The components of one stack."""
+
+    platform: Platform
+    services: dict[str, ModelService]
+    """By MLflow model name."""
+    router: Router
+
+
+def build_settings(cfg: StackConfig) -> BuildSettings:
+    return BuildSettings(
+        registry=cfg.registry,
+        base_image=cfg.base_image,
+        ca_bundle=Path(cfg.ca_bundle) if cfg.ca_bundle else None,
+    )
+
+
+def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
+    """The fleet of `cfg.models_file` on the stack's alias, resolved against the registry.
+
+    Reading the registry is the one thing the program does at program time.
+    """
+    fleet = load_fleet(cfg.models_file).with_alias(cfg.alias)
+    token = mlflow_token_for_reads()
+    saved = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    try:
+        return fleet, resolve_fleet(fleet, cfg.tracking_uri)
+    finally:
+        if token and saved is None:
+            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        elif saved is not None:
+            os.environ["MLFLOW_TRACKING_TOKEN"] = saved
+
+
+def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) -> FleetDeployment:
+    """Every component of the stack: platform, one ModelService per model, the router."""
+    platform = Platform(
+        "platform",
+        PlatformArgs(
+            namespace=cfg.namespace, auth=cfg.registry_auth, extra_labels=cfg.extra_labels
+        ),
+    )
+    after_platform = pulumi.ResourceOptions(depends_on=[platform])
+    build = build_settings(cfg)
+    services = {
+        r.name: ModelService(
+            r.model.k8s_name,
+            ModelServiceArgs(
+                resolved=r,
+                namespace=cfg.namespace,
+                build=build,
+                tracking_uri=cfg.tracking_uri,
+                push=cfg.push,
+                auth=cfg.registry_auth,
+                mlflow_token=cfg.mlflow_token,
+                image_pull_secrets=platform.pull_secrets,
+                profile_requests=cfg.profile_requests,
+                extra_labels=cfg.extra_labels,
+            ),
+            after_platform,
+        )
+        for r in models
+    }
+    router = Router(
+        "router",
+        RouterArgs(
+            fleet=fleet,
+            models=models,
+            namespace=cfg.namespace,
+            image=cfg.router.image,
+            ingress=cfg.ingress,
+            replicas=cfg.router.replicas,
+            cpu=cfg.router.cpu,
+            memory_mib=cfg.router.memory_mib,
+            image_pull_secrets=platform.pull_secrets,
+            extra_labels=cfg.extra_labels,
+        ),
+        # Routes name model versions: move them once the models have rolled out.
+        pulumi.ResourceOptions(depends_on=[platform, *services.values()]),
+    )
+    return FleetDeployment(platform=platform, services=services, router=router)
+
+
+def model_outputs(deployment: FleetDeployment) -> dict[str, Any]:
+    """Per model: version, image (by digest) and memory request, for `pulumi stack output`."""
+    return {
+        name: {
+            "version": svc.version,
+            "image": svc.image.image,
+            "memory_request_mib": svc.memory_request_mib,
+        }
+        for name, svc in deployment.services.items()
+    }

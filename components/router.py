@@ -1,0 +1,113 @@
+"""`Router`: the routes ConfigMap, the router Deployment, its Service and Ingress, and the
+NetworkPolicy that lets model pods take traffic from the router only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import IngressConfig
+from components.manifests import backend_url
+from components.router_manifests import (
+    RouterObjects,
+    checksum,
+    models_network_policy,
+    router_deployment,
+    router_ingress,
+    router_pdb,
+    router_service,
+    router_url,
+    routes_configmap,
+    routes_json,
+)
+from fleet.registry import ResolvedModel
+from fleet.routes import build_routes_config
+from fleet.spec import Fleet
+
+
+@dataclass(frozen=True)
+class RouterArgs:
+    """What the router is made from."""
+
+    fleet: Fleet
+    """The fleet spec (experiments and their weights)."""
+    models: list[ResolvedModel]
+    """The resolved models it routes to (versions and signatures)."""
+    namespace: str
+    """Namespace of the router and the model Services."""
+    image: str
+    """Router image."""
+    ingress: IngressConfig
+    """Ingress class, host and TLS Secret."""
+    replicas: int = 2
+    """Router pods."""
+    cpu: str = "250m"
+    """CPU request of one pod."""
+    memory_mib: int = 256
+    """Memory request and limit of one pod."""
+    image_pull_secrets: list[str] = field(default_factory=list)
+    """Registry Secrets to pull with."""
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    """Labels added to every object."""
+
+
+class Router(pulumi.ComponentResource):
+    """The fleet's one entry point: routes, A/B variants and input validation."""
+
+    config: dict[str, Any]
+    config_checksum: str
+    url: str
+
+    def __init__(
+        self, name: str, args: RouterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("fleet:index:Router", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns = args.namespace
+        self.config = build_routes_config(
+            args.fleet, args.models, lambda r: backend_url(r.model.k8s_name, ns)
+        )
+        objects = RouterObjects(
+            namespace=ns,
+            image=args.image,
+            routes_json=routes_json(self.config),
+            ingress=args.ingress,
+            replicas=args.replicas,
+            cpu=args.cpu,
+            memory_mib=args.memory_mib,
+            image_pull_secrets=args.image_pull_secrets,
+            extra_labels=args.extra_labels,
+        )
+        self.config_checksum = checksum(objects.routes_json)
+        cm = routes_configmap(objects)
+        k8s.core.v1.ConfigMap(
+            f"{name}-routes", metadata=cm["metadata"], data=cm["data"], opts=child
+        )
+        dep = router_deployment(objects)
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment", metadata=dep["metadata"], spec=dep["spec"], opts=child
+        )
+        svc = router_service(objects)
+        k8s.core.v1.Service(
+            f"{name}-service", metadata=svc["metadata"], spec=svc["spec"], opts=child
+        )
+        pdb = router_pdb(objects)
+        if pdb is not None:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb", metadata=pdb["metadata"], spec=pdb["spec"], opts=child
+            )
+        ing = router_ingress(objects)
+        k8s.networking.v1.Ingress(
+            f"{name}-ingress", metadata=ing["metadata"], spec=ing["spec"], opts=child
+        )
+        pol = models_network_policy(objects)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-models-policy", metadata=pol["metadata"], spec=pol["spec"], opts=child
+        )
+        self.url = router_url(args.ingress)
+        self.register_outputs(
+            {"url": self.url, "routes_checksum": self.config_checksum, "routes": len(args.models)}
+        )
