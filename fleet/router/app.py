@@ -1,0 +1,131 @@
+"""The router app factory: `create_app(config) -> FastAPI`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from fleet.router.endpoints import PathEndpoint, make_route, target
+from fleet.router.metrics import UNMATCHED, RouterMetrics
+from fleet.router.proxy import Proxy
+from fleet.router.validation import RouteSchema, merged_columns
+from fleet.router.variants import Split
+from fleet.routes import RoutesConfig, parse_routes_config
+
+_JSON = "application/json"
+
+
+def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 512) -> FastAPI:
+    """The router for `config` (a routes config dict or a loaded `RoutesConfig`).
+
+    Raises `RoutesConfigError` naming the field when the config is not valid.
+    """
+    cfg = config if isinstance(config, RoutesConfig) else parse_routes_config(config)
+    proxy = Proxy(max_connections=max_connections, max_keepalive=max_connections // 2)
+    metrics = RouterMetrics()
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await proxy.aclose()
+
+    app = FastAPI(
+        title="model-fleet router",
+        summary=f"{len(cfg.routes)} model routes, {len(cfg.experiments)} experiments",
+        description="POST one record (a JSON object) or a batch (a JSON array of records) "
+        "to a model's route; experiment routes split traffic between models by weight.",
+        lifespan=lifespan,
+    )
+    app.state.proxy = proxy
+    app.state.metrics = metrics
+    app.state.config = cfg
+    for ep, tags in _endpoints(cfg):
+        app.router.routes.append(make_route(ep, proxy, metrics, cfg.limits, tags))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> Response:
+        """Serving: the config is loaded and the connection pool is open."""
+        ok = state["ready"]
+        body = {"status": "ready" if ok else "starting", "routes": len(cfg.routes)}
+        return Response(json.dumps(body), status_code=200 if ok else 503, media_type=_JSON)
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    _error_handlers(app, metrics)
+    return app
+
+
+def _endpoints(cfg: RoutesConfig) -> list[tuple[PathEndpoint, list[str]]]:
+    max_batch = cfg.limits.max_batch
+    out: list[tuple[PathEndpoint, list[str]]] = []
+    by_model = {r.model: r for r in cfg.routes}
+    for r in cfg.routes:
+        schema = RouteSchema(r.model, r.columns(), max_batch)
+        t = target(r.model, r.version, r.backend, r.timeout_s)
+        out.append((PathEndpoint(r.path, schema, {r.model: t}), ["models"]))
+    for e in cfg.experiments:
+        routes = [by_model[v.model] for v in e.variants]
+        columns = merged_columns(f"experiment {e.path}", [r.columns() for r in routes])
+        schema = RouteSchema(f"{e.path} request", columns, max_batch)
+        targets = {}
+        for r in routes:
+            t = target(r.model, r.version, r.backend, r.timeout_s, **{"X-Variant": r.model})
+            if r.columns() != columns:
+                # The experiment accepts every variant's columns; each gets only its own.
+                t = t.__class__(**{**t.__dict__, "only": tuple(c.name for c in r.inputs)})
+            targets[r.model] = t
+        split = Split.of([(v.model, v.weight) for v in e.variants])
+        out.append((PathEndpoint(e.path, schema, targets, split, e.sticky_header), ["experiments"]))
+    return out
+
+
+def _error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            error, message = "not_found", f"no route {request.url.path}; see /docs for the routes"
+        elif exc.status_code == 405:
+            error, message = "method_not_allowed", f"{request.method} is not allowed here"
+        else:
+            error, message = "http_error", str(exc.detail)
+        metrics.observe(UNMATCHED, "", exc.status_code, 0.0)
+        body = {
+            "error": error,
+            "message": message,
+            "problems": [{"field": "path", "problem": message}],
+        }
+        return Response(
+            json.dumps(body),
+            status_code=exc.status_code,
+            media_type=_JSON,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        # Only the ops routes reach FastAPI's own validation; keep the error shape.
+        problems = [
+            {"field": ".".join(map(str, e["loc"])), "problem": e["msg"]} for e in exc.errors()
+        ]
+        body = {"error": "invalid_input", "message": problems[0]["problem"], "problems": problems}
+        return Response(json.dumps(body), status_code=422, media_type=_JSON)

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the router, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+UNMATCHED = "(unmatched)"
+# Loopback hops are sub-millisecond; model calls reach seconds under overload.
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RouterMetrics:
+    """Requests by route, variant and status; latency; backend errors."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "fleet_router_requests",
+            "Requests answered, by route, serving model (variant) and HTTP status.",
+            ["route", "variant", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fleet_router_request_duration_seconds",
+            "Time from request to response in the router, by route and variant.",
+            ["route", "variant"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_errors = Counter(
+            "fleet_router_backend_errors",
+            "Failed model server calls, by route, model and kind "
+            "(connect, timeout, transport, rejected, unavailable, status, bad_response).",
+            ["route", "model", "kind"],
+            registry=self.registry,
+        )
+
+    def observe(self, route: str, variant: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, variant, str(status)).inc()
+        self.latency.labels(route, variant).observe(seconds)
+
+    def backend_error(self, route: str, model: str, kind: str) -> None:
+        self.backend_errors.labels(route, model, kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

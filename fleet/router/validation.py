@@ -1,0 +1,165 @@
+"""Request validation against a model's signature: pure, and fast on the happy path.
+
+A request body is one record (a JSON object) or a batch (a JSON array of them). Bodies
+are parsed and validated in one step by pydantic-core from the raw bytes (no Python
+JSON pass), with the record model of `fleet.schema`: unknown fields, wrong types, NaN
+and infinity (which Python's `json` would accept) are refused. Problems become a
+`RequestProblem` whose JSON body names each field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import email.message
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any, Union, cast
+
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError
+
+from fleet.schema import Column, record_model
+
+MAX_PROBLEMS = 20
+
+
+class RequestProblem(Exception):
+    """A request the router refuses: a 4xx status and a JSON body naming the problem."""
+
+    def __init__(self, status: int, error: str, problems: list[dict[str, str]]) -> None:
+        self.status = status
+        self.error = error
+        self.problems = problems
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        where = f"{first['field']}: " if first.get("field") else ""
+        self.message = f"{where}{first['problem']}{more}"
+        super().__init__(self.message)
+
+    def payload(self, **context: Any) -> dict[str, Any]:
+        return {"error": self.error, "message": self.message, **context, "problems": self.problems}
+
+    def body(self, **context: Any) -> bytes:
+        return json.dumps(self.payload(**context)).encode()
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "batch"
+    if isinstance(value, dict):
+        return "record"
+    return None
+
+
+class RouteSchema:
+    """What one route accepts: one record or a batch of 1..max_batch records."""
+
+    def __init__(self, name: str, columns: Sequence[Column], max_batch: int) -> None:
+        self.columns = list(columns)
+        self.record = record_model(name, self.columns)
+        batch = Annotated[list[self.record], Field(min_length=1, max_length=max_batch)]  # type: ignore[name-defined]
+        # A callable discriminator keeps errors to the branch the body took (an object
+        # or an array), instead of pydantic reporting both branches of the union.
+        self.body_type: Any = Annotated[
+            Union[Annotated[self.record, Tag("record")], Annotated[batch, Tag("batch")]],  # noqa: UP007
+            Discriminator(
+                _kind,
+                custom_error_type="record_or_batch",
+                custom_error_message="expected a JSON object (one record) or an array of records",
+            ),
+        ]
+        self._body: TypeAdapter[Any] = TypeAdapter(cast(Any, self.body_type))
+        self._list = TypeAdapter(list[self.record])  # type: ignore[name-defined]
+        # pydantic field names are f0, f1, ... (the column names are aliases).
+        self._field_of = {c.name: f"f{i}" for i, c in enumerate(self.columns)}
+
+    def parse(self, raw: bytes) -> list[BaseModel]:
+        """The validated records of a request body; raises RequestProblem."""
+        if not raw.strip():
+            raise RequestProblem(400, "invalid_json", [{"field": "(body)", "problem": "empty"}])
+        try:
+            value = self._body.validate_json(raw)
+        except ValidationError as exc:
+            raise self.problem(exc) from None
+        return value if isinstance(value, list) else [value]
+
+    def dump(self, records: list[BaseModel], only: Sequence[str] | None = None) -> bytes:
+        """`records` as the JSON array the model server takes; `only` keeps those columns."""
+        include = None
+        if only is not None:
+            include = {"__all__": {self._field_of[c] for c in only}}
+        return self._list.dump_json(records, by_alias=True, exclude_unset=True, include=include)
+
+    def problem(self, exc: ValidationError) -> RequestProblem:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            msg = errors[0]["msg"].removeprefix("Invalid JSON: ")
+            return RequestProblem(400, "invalid_json", [{"field": "", "problem": f"{msg}"}])
+        problems = [self._describe(e) for e in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:
+            problems.append({"field": "", "problem": f"{len(errors) - MAX_PROBLEMS} more"})
+        return RequestProblem(422, "invalid_input", problems)
+
+    def _describe(self, error: Any) -> dict[str, str]:
+        loc = list(error["loc"])
+        kind = loc.pop(0) if loc else None
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        name = str(loc[-1]) if loc and isinstance(loc[-1], str) else ""
+        typ = error["type"]
+        if typ == "missing":
+            problem = "required field is missing"
+        elif typ == "extra_forbidden":
+            close = difflib.get_close_matches(name, list(self._field_of), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"expected {self._names()}"
+            problem = f"unknown field; {hint}"
+        elif typ == "finite_number":
+            problem = "NaN and infinity are not allowed; send a finite number"
+        elif typ in ("too_short", "too_long") and kind == "batch" and not loc:
+            field, problem = "(batch)", error["msg"].replace("List", "the batch")
+        else:
+            column = next((c for c in self.columns if c.name == name), None)
+            expected = f"expected {column.type}: " if column else ""
+            problem = f"{expected}{error['msg']}"
+        return {"field": field, "problem": problem}
+
+    def _names(self) -> str:
+        return ", ".join(c.name for c in self.columns)
+
+
+def merged_columns(where: str, variants: Sequence[Sequence[Column]]) -> list[Column]:
+    """The columns an experiment accepts: every variant's, required if any requires it.
+
+    A column that two variants type differently cannot be validated for both; that is a
+    config error naming the experiment and the column.
+    """
+    merged: dict[str, Column] = {}
+    for columns in variants:
+        for col in columns:
+            seen = merged.get(col.name)
+            if seen is not None and seen.type != col.type:
+                raise ValueError(
+                    f"{where}: column '{col.name}' is {seen.type} in one variant "
+                    f"and {col.type} in another"
+                )
+            required = col.required or (seen is not None and seen.required)
+            merged[col.name] = Column(col.name, col.type, required)
+    return list(merged.values())
+
+
+def check_content_type(value: str | None) -> None:
+    """Accept application/json and application/*+json; raises RequestProblem (415)."""
+    if value == "application/json":
+        return
+    if value:
+        message = email.message.Message()
+        message["content-type"] = value
+        sub = message.get_content_subtype()
+        if message.get_content_maintype() == "application" and (
+            sub == "json" or sub.endswith("+json")
+        ):
+            return
+    got = f"got '{value}'" if value else "none was sent"
+    raise RequestProblem(
+        415,
+        "unsupported_media_type",
+        [{"field": "Content-Type", "problem": f"send application/json ({got})"}],
+    )
