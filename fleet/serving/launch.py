@@ -7,7 +7,28 @@ model-specific reaches it through environment variables (`fleet.serving.config`)
 
 from __future__ import annotations
 
-from fleet.registry import ResolvedModel
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet.registry import LOCAL_HOME, ResolvedModel
+from fleet.serving.config import ServerConfig
+
+SERVICE = "fleet.serving.service:ModelServer"
+# The source root that holds the `fleet` package, so `bentoml serve` can import it.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def bentoml_home() -> Path:
+    """The BentoML store: `$BENTOML_HOME`, else `.fleet/bentoml` (made absolute)."""
+    env = os.environ.get("BENTOML_HOME")
+    return Path(env).resolve() if env else (LOCAL_HOME / "bentoml").resolve()
+
+
+def model_tag(resolved: ResolvedModel) -> str:
+    """The BentoML model tag of a registry version: stable, so imports are idempotent."""
+    return f"{resolved.model.k8s_name}:v{resolved.version}-{resolved.run_id[:16].lower()}"
 
 
 def prepare_model(resolved: ResolvedModel, tracking_uri: str) -> str:
@@ -16,7 +37,49 @@ def prepare_model(resolved: ResolvedModel, tracking_uri: str) -> str:
     The store is `$BENTOML_HOME` (default `.fleet/bentoml`). Idempotent: a model already
     imported (same name, version and run id) is not imported again.
     """
-    raise NotImplementedError
+    tag = model_tag(resolved)
+    bentoml = _bentoml()
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(tag)
+        return tag
+    except NotFound:
+        pass
+    import mlflow
+
+    # download_artifacts resolves models:/ URIs through MLflow's global registry URI.
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        bentoml.mlflow.import_model(
+            tag,
+            resolved.model_uri,
+            labels={"fleet.model": resolved.name, "fleet.version": str(resolved.version)},
+            metadata={"model_uri": resolved.model_uri, "run_id": resolved.run_id},
+        )
+    except Exception as exc:
+        raise RuntimeError(
+            f"model '{resolved.name}': cannot import {resolved.model_uri} into BentoML: {exc}"
+        ) from exc
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    return tag
+
+
+def server_config(resolved: ResolvedModel, bento_model_tag: str) -> ServerConfig:
+    """The model server settings of `resolved` (its signature and batching settings)."""
+    batching = resolved.model.settings.batching
+    return ServerConfig(
+        model_name=resolved.name,
+        model_tag=bento_model_tag,
+        inputs=tuple(resolved.inputs),
+        batching=batching.enabled,
+        max_batch_size=batching.max_batch_size,
+        max_latency_ms=batching.max_latency_ms,
+    )
 
 
 def server_command(
@@ -28,4 +91,47 @@ def server_command(
     `subprocess.Popen(argv, env={**os.environ, **env})`; it answers `GET /readyz` with 200
     once the model is loaded.
     """
-    raise NotImplementedError
+    return serve_argv(host, port), {
+        **server_config(resolved, bento_model_tag).to_env(),
+        **server_env(),
+    }
+
+
+def serve_argv(host: str, port: int, working_dir: Path = SOURCE_ROOT) -> list[str]:
+    """`bentoml serve` of the fleet service from the current interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE,
+        "--working-dir",
+        str(working_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def server_env() -> dict[str, str]:
+    """Environment every local model server gets besides its model's settings."""
+    return {
+        "BENTOML_HOME": str(bentoml_home()),
+        "BENTOML_DO_NOT_TRACK": "true",
+        # MLflow checks the model's pip requirements against the environment on load.
+        "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _bentoml() -> Any:
+    """bentoml, with its store at `bentoml_home()` even if it was imported earlier."""
+    home = str(bentoml_home())
+    os.environ.setdefault("BENTOML_HOME", home)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    BentoMLContainer.bentoml_home.set(home)
+    return bentoml

@@ -1,0 +1,103 @@
+"""Per-model settings of the model server, read from the environment.
+
+One service code serves every model: the launcher (`fleet.serving.launch`) or the model
+image sets these variables, and `ServerConfig.from_env` reads them once at import time of
+the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fleet.schema import Column
+
+ENV_MODEL_NAME = "FLEET_MODEL_NAME"
+ENV_MODEL_TAG = "FLEET_MODEL_TAG"
+ENV_INPUTS = "FLEET_INPUTS"
+ENV_BATCHING = "FLEET_BATCHING"
+ENV_MAX_BATCH_SIZE = "FLEET_MAX_BATCH_SIZE"
+ENV_MAX_LATENCY_MS = "FLEET_MAX_LATENCY_MS"
+ENV_MAX_RECORDS = "FLEET_MAX_RECORDS"
+
+
+class ConfigError(ValueError):
+    """A model server setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What one model server serves and how it batches."""
+
+    model_name: str
+    """The registered model's name, for logs and error messages."""
+    model_tag: str
+    """BentoML model store tag of the imported MLflow model."""
+    inputs: tuple[Column, ...]
+    """The signature's input columns; requests are validated against them."""
+    batching: bool = True
+    """Group concurrent requests into one model call."""
+    max_batch_size: int = 64
+    """Most records in one model call."""
+    max_latency_ms: int = 20
+    """Most time a lone request waits for others to join its batch (see `batcher`)."""
+    max_records: int = 1000
+    """Most records in one request."""
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that `from_env` reads back into this config."""
+        return {
+            ENV_MODEL_NAME: self.model_name,
+            ENV_MODEL_TAG: self.model_tag,
+            ENV_INPUTS: json.dumps([c.to_dict() for c in self.inputs]),
+            ENV_BATCHING: "1" if self.batching else "0",
+            ENV_MAX_BATCH_SIZE: str(self.max_batch_size),
+            ENV_MAX_LATENCY_MS: str(self.max_latency_ms),
+            ENV_MAX_RECORDS: str(self.max_records),
+        }
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
+        """Read the settings; raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+        tag = _required(env, ENV_MODEL_TAG)
+        try:
+            inputs = tuple(Column.from_dict(c) for c in json.loads(_required(env, ENV_INPUTS)))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{ENV_INPUTS}: not a JSON list of columns: {exc}") from exc
+        if not inputs:
+            raise ConfigError(f"{ENV_INPUTS}: the model has no input columns")
+        batching = env.get(ENV_BATCHING, "1").strip().lower()
+        if batching not in ("0", "1", "true", "false"):
+            raise ConfigError(f"{ENV_BATCHING}: expected 1 or 0, got '{batching}'")
+        return ServerConfig(
+            model_name=env.get(ENV_MODEL_NAME) or tag,
+            model_tag=tag,
+            inputs=inputs,
+            batching=batching in ("1", "true"),
+            max_batch_size=_positive(env, ENV_MAX_BATCH_SIZE, 64),
+            max_latency_ms=_positive(env, ENV_MAX_LATENCY_MS, 20),
+            max_records=_positive(env, ENV_MAX_RECORDS, 1000),
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise ConfigError(f"{name} is not set; the model server needs it")
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a positive integer, got '{raw}'") from None
+    if value < 1:
+        raise ConfigError(f"{name}: expected a positive integer, got {value}")
+    return value
