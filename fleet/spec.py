@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fleet.naming import k8s_name
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+_T = TypeVar("_T", bound=BaseModel)
 
 
 class SpecError(ValueError):
@@ -127,13 +137,29 @@ class ModelEntry(_Strict):
     autoscaling: dict[str, Any] | None = None
     """Overrides `defaults.autoscaling`."""
 
-    @model_validator(mode="after")
-    def _version_or_alias(self) -> ModelEntry:
-        if self.version is None and self.alias is None:
-            raise ValueError("give either 'version' or 'alias' (neither is set)")
-        if self.version is not None and self.alias is not None:
-            raise ValueError("give either 'version' or 'alias', not both")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _version_or_alias(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> ModelEntry:
+        # A wrap validator, not an "after" one: pydantic skips "after" validators once a
+        # field fails, and a user should see this problem together with the others.
+        problem = None
+        if isinstance(data, dict):
+            given = [k for k in ("version", "alias") if data.get(k) is not None]
+            if not given:
+                problem = "give either 'version' or 'alias' (neither is set)"
+            elif len(given) == 2:
+                problem = "give either 'version' or 'alias', not both"
+        try:
+            entry: ModelEntry = handler(data)
+        except ValidationError as exc:
+            if problem is None:
+                raise
+            errors = [_carry(e) for e in exc.errors()]
+            errors.append(_carry({"type": "version_or_alias", "msg": problem, "loc": ()}, data))
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+        if problem is not None:
+            raise ValueError(problem)
+        return entry
 
     @field_validator("endpoint")
     @classmethod
@@ -187,10 +213,11 @@ class Experiment(_Strict):
     def _weights(self) -> Experiment:
         total = sum(v.weight for v in self.variants)
         if total != 100:
-            raise ValueError(f"variant weights sum to {total}, not 100")
+            raise ValueError(f"variants: the weights sum to {total}, not 100")
         names = [v.model for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError("a model appears twice among the variants")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variants: model '{twice[0]}' appears twice")
         return self
 
 
@@ -259,6 +286,13 @@ class Fleet(_Strict):
         )
 
 
+def _carry(error: Any, data: Any = None) -> InitErrorDetails:
+    """An error of `exc.errors()` as input for a new ValidationError, message kept."""
+    # The message goes in as context, so braces in user input are not read as a template.
+    kind = PydanticCustomError(error["type"], "{msg}", {"msg": error["msg"]})
+    return InitErrorDetails(type=kind, loc=tuple(error["loc"]), input=error.get("input", data))
+
+
 def _segment(value: str) -> str:
     if not _SEGMENT.match(value):
         raise ValueError(f"'{value}' may hold only letters, digits, '.', '_' and '-'")
@@ -294,95 +328,194 @@ def load_fleet(path: str | Path) -> Fleet:
 
 
 def parse_fleet(text: str, source: str = "models.yaml") -> Fleet:
+    """Validate the text of `models.yaml`; raises SpecError with every problem, by line."""
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError([f"{source}: not valid YAML: {exc}"]) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{source}: {where}not valid YAML: {what}"]) from exc
     if isinstance(data, list):
         data = {"models": data}
         node = yaml.MappingNode("tag:yaml.org,2002:map", [(yaml.ScalarNode("", "models"), node)])
     if not isinstance(data, dict):
         raise SpecError([f"{source}: expected a list of models or a mapping with 'models'"])
+    _as_written(data, node)
+    problems: list[tuple[int, str]] = []
+    fleet = None
     try:
         fleet = Fleet.model_validate(data)
     except ValidationError as exc:
-        raise SpecError([_locate(source, node, data, e) for e in exc.errors()]) from exc
-    problems = [f"{source}: {p}" for p in _cross_check(fleet, node)]
-    if problems:
-        raise SpecError(problems)
-    try:
-        fleet.resolved_models()
-    except SpecError as exc:
-        raise SpecError([f"{source}: {p}" for p in exc.problems]) from exc
+        problems += [_locate(node, data, e) for e in exc.errors()]
+    # These run over every entry that is valid on its own, even when others are not, so
+    # that one run shows every problem.
+    problems += _cross_check(data, node)
+    problems += _override_problems(data, node)
+    if problems or fleet is None:
+        problems.sort(key=lambda p: p[0])
+        raise SpecError([f"{source}: line {line}: {what}" for line, what in problems])
     return fleet
 
 
-def _cross_check(fleet: Fleet, node: Any) -> list[str]:
-    problems: list[str] = []
+def _as_written(data: dict[str, Any], node: Any) -> None:
+    """Put back the text of names and path segments that YAML 1.1 read as something else.
+
+    YAML 1.1 reads `NO` (Norway) and `on` as booleans, `010` as 8 and `0x1f` as 31; a
+    route must be served exactly as written.
+    """
+    for i, entry in enumerate(_items(data, "models")):
+        for key in ("name", "endpoint"):
+            _restore(entry, key, _node(node, ("models", i, key)), always=True)
+        params = entry.get("parameters") if isinstance(entry, dict) else None
+        for k in range(len(params) if isinstance(params, list) else 0):
+            _restore(params, k, _node(node, ("models", i, "parameters", k)), always=False)
+    for j, exp in enumerate(_items(data, "experiments")):
+        variants = exp.get("variants") if isinstance(exp, dict) else None
+        for k, variant in enumerate(variants if isinstance(variants, list) else []):
+            at = ("experiments", j, "variants", k, "model")
+            _restore(variant, "model", _node(node, at), always=True)
+
+
+def _restore(container: Any, key: Any, scalar: Any, always: bool) -> None:
+    """Replace a parsed bool/number by its text (unless `always` is off and it is a plain int)."""
+    if not isinstance(scalar, yaml.ScalarNode) or scalar.style:  # quoted: already text
+        return
+    value = container[key]
+    plain_int = type(value) is int and str(value) == scalar.value
+    if isinstance(value, bool | int | float) and (always or not plain_int):
+        container[key] = scalar.value
+
+
+def _items(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _valid(data: dict[str, Any], key: str, cls: type[_T]) -> list[tuple[int, _T]]:
+    """(index, entry) for the entries under `key` that are valid on their own."""
+    out: list[tuple[int, _T]] = []
+    for i, raw in enumerate(_items(data, key)):
+        try:
+            out.append((i, cls.model_validate(raw)))
+        except ValidationError:
+            continue
+    return out
+
+
+def _cross_check(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
+    problems: list[tuple[int, str]] = []
     names: dict[str, int] = {}
     routes: dict[str, str] = {}
     k8s: dict[str, str] = {}
-    for i, m in enumerate(fleet.models):
+    for i, m in _valid(data, "models", ModelEntry):
         where = _line(node, ("models", i))
         if m.name in names:
+            first = _line(node, ("models", names[m.name]))
             problems.append(
-                f"line {where}: model '{m.name}': name: duplicate of the model "
-                f"on line {_line(node, ('models', names[m.name]))}"
+                (where, f"model '{m.name}': name: duplicate of the model on line {first}")
             )
             continue
         names[m.name] = i
         if m.route in routes:
             problems.append(
-                f"line {where}: model '{m.name}': endpoint/parameters: route "
-                f"{m.route} is already served by model '{routes[m.route]}'"
+                (
+                    where,
+                    f"model '{m.name}': endpoint/parameters: route {m.route} is already "
+                    f"served by model '{routes[m.route]}'",
+                )
             )
         routes.setdefault(m.route, m.name)
         kn = k8s_name(m.name)
         if kn in k8s:
             problems.append(
-                f"line {where}: model '{m.name}': name: Kubernetes name {kn} "
-                f"collides with model '{k8s[kn]}'"
+                (where, f"model '{m.name}': name: Kubernetes name {kn} collides with '{k8s[kn]}'")
             )
         k8s.setdefault(kn, m.name)
+    # A variant naming a model whose entry is invalid is not also reported as missing.
+    listed = {e.get("name") for e in _items(data, "models") if isinstance(e, dict)}
+    valid_exps = dict(_valid(data, "experiments", Experiment))
     seen: set[str] = set()
-    for j, e in enumerate(fleet.experiments):
-        where = _line(node, ("experiments", j))
-        if e.route in routes:
+    for j, raw in enumerate(_items(data, "experiments")):
+        where, who = _line(node, ("experiments", j)), _who(data, ("experiments", j))
+        exp = valid_exps.get(j)
+        if exp is not None and exp.route in routes:
             problems.append(
-                f"line {where}: experiment '{e.route}': route: collides with the "
-                f"route of model '{routes[e.route]}'"
+                (where, f"{who}: route: collides with the route of model '{routes[exp.route]}'")
             )
-        if e.route in seen:
-            problems.append(f"line {where}: experiment '{e.route}': route: duplicate experiment")
-        seen.add(e.route)
-        for k, v in enumerate(e.variants):
-            if v.model not in names:
+        if exp is not None and exp.route in seen:
+            problems.append((where, f"{who}: route: duplicate of another experiment's route"))
+        seen.update([exp.route] if exp is not None else [])
+        variants = raw.get("variants") if isinstance(raw, dict) else None
+        for k, v in _valid({"v": variants}, "v", Variant):
+            if v.model not in listed:
                 vline = _line(node, ("experiments", j, "variants", k))
                 problems.append(
-                    f"line {vline}: experiment '{e.route}': variants.{k}.model: "
-                    f"no model named '{v.model}' in the fleet"
+                    (vline, f"{who}: variants.{k}.model: no model named '{v.model}' in the fleet")
                 )
     return problems
 
 
-def _locate(source: str, node: Any, data: dict[str, Any], error: Any) -> str:
+def _override_problems(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
+    """Bad per-model overrides (`batching: {max_batch_size: 0}`), merged with the defaults."""
+    defaults = data.get("defaults")
+    base = defaults if isinstance(defaults, dict) else {}
+    problems: list[tuple[int, str]] = []
+    for i, entry in _valid(data, "models", ModelEntry):
+        over = entry.overrides()
+        try:
+            Settings.model_validate(_merge(base, over))
+        except ValidationError as exc:
+            for e in exc.errors():
+                # A problem of the defaults alone is reported once, under `defaults`.
+                if _reaches(over, tuple(e["loc"])):
+                    at = _line(node, ("models", i, *e["loc"]))
+                    problems.append((at, f"model '{entry.name}': {_describe(e)}"))
+    return problems
+
+
+def _reaches(data: Any, loc: tuple[Any, ...]) -> bool:
+    for key in loc:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def _who(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """`model 'name'` or `experiment '/route'` for a location under models/experiments."""
+    if len(loc) < 2 or loc[0] not in ("models", "experiments") or not isinstance(loc[1], int):
+        return ""
+    items = _items(data, loc[0])
+    raw = items[loc[1]] if loc[1] < len(items) else None
+    if loc[0] == "models":
+        name = raw.get("name") if isinstance(raw, dict) else None
+        return f"model '{name}'" if name else f"model #{loc[1] + 1}"
+    route = raw.get("route") if isinstance(raw, dict) else None
+    return f"experiment '{route}'" if route else f"experiment #{loc[1] + 1}"
+
+
+def _locate(node: Any, data: dict[str, Any], error: Any) -> tuple[int, str]:
     loc = tuple(error["loc"])
-    who = ""
-    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
-        entry = data["models"][loc[1]] if loc[1] < len(data.get("models") or []) else None
-        name = entry.get("name") if isinstance(entry, dict) else None
-        who = f"model '{name}'" if name else f"model #{loc[1] + 1}"
-        loc = loc[2:]
-    elif len(loc) >= 2 and loc[0] == "experiments" and isinstance(loc[1], int):
-        exp = data["experiments"][loc[1]]
-        route = exp.get("route") if isinstance(exp, dict) else None
-        who = f"experiment '{route}'" if route else f"experiment #{loc[1] + 1}"
-        loc = loc[2:]
+    who = _who(data, loc)
     err = dict(error)
-    err["loc"] = loc
-    head = f"{source}: line {_line(node, tuple(error['loc']))}"
-    return f"{head}: {who}: {_describe(err)}" if who else f"{head}: {_describe(err)}"
+    err["loc"] = loc[2:] if who else loc
+    return _line(node, loc), f"{who}: {_describe(err)}" if who else _describe(err)
+
+
+def _node(node: Any, loc: tuple[Any, ...]) -> Any:
+    """The YAML node at exactly `loc`, or None."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            node = node.value[key] if key < len(node.value) else None
+        else:
+            return None
+        if node is None:
+            return None
+    return node
 
 
 def _line(node: Any, loc: tuple[Any, ...]) -> int:
