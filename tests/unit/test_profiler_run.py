@@ -1,0 +1,199 @@
+"""The profile run end to end against a stand-in model server (real processes, real HTTP).
+
+The stand-in is tests/unit/test_profiler_stub.py run as a script: a small HTTP server
+that speaks the model server's API (contract 1), validates records with fleet.schema,
+holds a configurable ballast of memory, and can be told to fail predictions, accept
+anything, or never be ready. The real BentoML server is profiled in
+tests/integration/test_profiler.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fleet.registry import ResolvedModel
+from fleet.schema import Column
+from fleet.spec import MemoryPolicy, Model, Settings
+from profiler import LoadPlan, ProfileCache, ProfileGateError, ProfileOptions, profile
+from profiler.backends import ProcessBackend
+from profiler.fleet import profile_fleet
+from tests.unit.test_profiler_stub import COLUMNS as STUB_COLUMNS
+
+STUB = Path(__file__).with_name("test_profiler_stub.py")
+COLUMNS = [Column.from_dict(c) for c in STUB_COLUMNS]
+FAST = ProfileOptions(
+    plan=LoadPlan(duration_s=0.8, concurrencies=(1, 4), batch_sizes=(1, 8)),
+    ready_timeout_s=30,
+    sample_interval_s=0.05,
+    idle_s=0.3,
+)
+
+
+def resolved(name: str = "stub_model", memory: MemoryPolicy | None = None) -> ResolvedModel:
+    settings = Settings(memory=memory or MemoryPolicy())
+    model = Model(
+        name=name, version=1, alias=None, route=f"/{name}", k8s_name=name, settings=settings
+    )
+    return ResolvedModel(
+        model=model,
+        version=1,
+        model_uri=f"models:/{name}/1",
+        run_id="r1",
+        source="",
+        inputs=COLUMNS,
+    )
+
+
+def stub(mode: str = "ok", ballast_mib: int = 0, starts: list[int] | None = None) -> ProcessBackend:
+    def command(_r: ResolvedModel, _uri: str, port: int) -> tuple[list[str], dict[str, str]]:
+        if starts is not None:
+            starts.append(port)
+        return [sys.executable, str(STUB), str(port), mode, str(ballast_mib)], {}
+
+    return ProcessBackend(command)
+
+
+def shell(code: str) -> ProcessBackend:
+    return ProcessBackend(lambda _r, _u, _p: ([sys.executable, "-u", "-c", code], {}))
+
+
+def test_memory_of_a_bigger_server_is_measured_and_sized_larger(tmp_path):
+    small = profile(resolved("small"), "", backend=stub(), options=FAST, content_hash="h-small")
+    big = profile(
+        resolved("big"), "", backend=stub(ballast_mib=120), options=FAST, content_hash="h"
+    )
+    assert big.memory.idle_mib - small.memory.idle_mib >= 110
+    assert big.memory.p95_mib - small.memory.p95_mib >= 110
+    assert small.memory.idle_mib <= small.memory.p95_mib * 1.05 <= small.memory.peak_mib * 1.05
+    assert big.recommendation.request_mib >= small.recommendation.request_mib + 110
+    assert big.recommendation.limit_mib > small.recommendation.limit_mib
+    assert small.passed and small.load.errors == 0 and small.load.invalid_sent == 4
+    assert small.load.requests > 10 and small.load.p50_ms is not None
+    assert [(p.concurrency, p.batch_size) for p in small.load.phases] == [
+        (1, 1),
+        (4, 1),
+        (1, 8),
+        (4, 8),
+    ]
+    assert small.load.records == sum(p.requests * p.batch_size for p in small.load.phases)
+    assert small.memory.source == "pss (process tree)" and small.backend == "process"
+
+
+def test_memory_grown_under_load_shows_in_p95_and_peak():
+    report = profile(resolved(), "", backend=stub("grow"), options=FAST, content_hash="h")
+    # the stand-in keeps 1 MiB per request: load adds tens of MiB over idle
+    assert report.memory.peak_mib - report.memory.idle_mib >= 20
+    assert report.memory.p95_mib > report.memory.idle_mib
+
+
+def test_failing_predictions_fail_the_gate_with_the_log():
+    with pytest.raises(ProfileGateError) as info:
+        profile(resolved(), "", backend=stub("fail"), options=FAST, content_hash="h")
+    message = str(info.value)
+    assert "model 'stub_model' failed the profile gate" in message
+    assert "predictions failed" in message and "HTTP 500" in message
+    assert "ValueError: the model raised on predict" in message  # from the server's log
+
+
+def test_an_accepted_invalid_request_fails_the_gate(tmp_path):
+    cache = ProfileCache(tmp_path)
+    with pytest.raises(ProfileGateError) as info:
+        profile(
+            resolved(), "", backend=stub("lenient"), options=FAST, content_hash="h1", cache=cache
+        )
+    problems = info.value.problems
+    assert (
+        "an invalid request was accepted: required field 'distance' missing: got HTTP 200"
+        in problems
+    )
+    assert "an invalid request was accepted: no records: got HTTP 200" in problems
+    assert (tmp_path / "failed" / "h1.json").is_file() and cache.get("h1") is None
+
+
+def test_memory_above_the_ceiling_fails_the_gate():
+    model = resolved(memory=MemoryPolicy(ceiling_mib=20))
+    with pytest.raises(ProfileGateError, match=r"memory peak \d+ MiB is above the ceiling of 20"):
+        profile(model, "", backend=stub(), options=FAST, content_hash="h")
+
+
+def test_a_server_that_never_gets_ready_fails_within_the_timeout_with_its_log():
+    code = "import time; print('loading weights from the registry ...'); time.sleep(120)"
+    options = ProfileOptions(ready_timeout_s=2, idle_s=0.1)
+    started = time.monotonic()
+    before = {p.pid for p in psutil.process_iter()}
+    with pytest.raises(ProfileGateError) as info:
+        profile(resolved(), "", backend=shell(code), options=options, content_hash="h")
+    message = str(info.value)
+    assert "server never ready" in message and "within 2 s" in message
+    assert "| loading weights from the registry ..." in message
+    # bounded by the timeout, not by the server's sleep of 120 s
+    assert time.monotonic() - started < 60
+    leftover = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.pid not in before and "loading weights" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftover == []  # the server was stopped
+
+
+def test_a_server_that_exits_fails_at_once_with_its_exit_code():
+    code = "import sys; print('ModuleNotFoundError: No module named sklearn'); sys.exit(3)"
+    with pytest.raises(ProfileGateError) as info:
+        profile(resolved(), "", backend=shell(code), options=FAST, content_hash="h")
+    assert "exited with code 3" in str(info.value)
+    assert "No module named sklearn" in str(info.value)
+
+
+def test_fleet_run_uses_the_cache_and_profiles_a_changed_hash_again(tmp_path):
+    cache = ProfileCache(tmp_path)
+    starts: list[int] = []
+    fixed_model = resolved("fixed", MemoryPolicy(fixed_mib=300))
+    models = [resolved("a"), resolved("b"), fixed_model]
+    lines: list[str] = []
+
+    def run(hash_of: Callable[[ResolvedModel], str]) -> list[str]:
+        outcomes = profile_fleet(
+            models,
+            "",
+            backend=stub(starts=starts),
+            options=FAST,
+            parallel=2,
+            cache=cache,
+            hash_of=hash_of,
+            progress=lines.append,
+        )
+        return [o.status for o in outcomes]
+
+    assert run(lambda r: f"{r.name}-1") == ["profiled", "profiled", "fixed"]
+    assert len(starts) == 2 and (tmp_path / "a-1.json").is_file()
+    assert lines[0] == "profiling 2 of 3 models (1 with fixed memory), 2 at a time"
+    assert sorted(line.split("]")[0] for line in lines[1:]) == ["[1/3", "[2/3", "[3/3"]
+    assert any("fixed: memory fixed at 300 MiB, not profiled" in line for line in lines)
+
+    assert run(lambda r: f"{r.name}-1") == ["cached", "cached", "fixed"]
+    assert len(starts) == 2  # no server started
+    assert any("a v1 (cached)" in line for line in lines)
+
+    assert run(lambda r: f"{r.name}-2" if r.name == "b" else f"{r.name}-1") == [
+        "cached",
+        "profiled",
+        "fixed",
+    ]
+    assert len(starts) == 3
+
+
+def test_a_cached_report_is_judged_under_the_current_policy(tmp_path):
+    cache = ProfileCache(tmp_path)
+    first = profile(resolved(), "", backend=stub(), options=FAST, content_hash="h", cache=cache)
+    wider = resolved(memory=MemoryPolicy(request_margin_percent=100))
+    again = profile(wider, "", backend=stub("fail"), options=FAST, content_hash="h", cache=cache)
+    assert again.cached and again.memory == first.memory
+    assert again.recommendation.request_mib > first.recommendation.request_mib
+    with pytest.raises(ProfileGateError, match="above the ceiling"):
+        profile(resolved(memory=MemoryPolicy(ceiling_mib=1)), "", content_hash="h", cache=cache)

@@ -1,0 +1,80 @@
+"""A stand-in model server for the profiler's tests (no tests here; run as a script).
+
+`python test_profiler_stub.py PORT MODE BALLAST_MIB` serves the model server API of
+contract 1 on 127.0.0.1:PORT. It holds BALLAST_MIB MiB of written memory. MODE: `ok`
+(validates records with fleet.schema), `fail` (every prediction answers 500 and logs a
+ValueError), `lenient` (accepts anything), `grow` (keeps 1 MiB per prediction request).
+Kept light (stdlib and pydantic only) so it starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+COLUMNS: list[dict[str, Any]] = [
+    {"name": "distance", "type": "double", "required": True},
+    {"name": "hour", "type": "long", "required": True},
+    {"name": "night", "type": "boolean", "required": False},
+    {"name": "city", "type": "string", "required": True},
+]
+
+
+def serve(port: int, mode: str, ballast_mib: int) -> None:
+    from pydantic import ValidationError
+
+    from fleet.schema import Column, batch_model
+
+    print("stub: loading", flush=True)
+    ballast = b"x" * (ballast_mib * 2**20)  # written, so resident
+    leak: list[bytes] = []
+    model = batch_model("stub", [Column.from_dict(c) for c in COLUMNS])
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like the real server
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def send(self, status: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            ok = self.path in ("/readyz", "/livez")
+            self.send(200 if ok else 404, {"ballast_bytes": len(ballast)})
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            try:
+                records = json.loads(raw)["records"]
+            except (ValueError, KeyError, TypeError):
+                if mode == "lenient":
+                    return self.send(200, [])
+                return self.send(400, {"error": "body is not JSON with records"})
+            if mode == "fail":
+                print("ValueError: the model raised on predict", file=sys.stderr, flush=True)
+                return self.send(500, {"error": "prediction failed"})
+            if mode != "lenient":
+                try:
+                    model.model_validate(records)
+                except ValidationError as exc:
+                    return self.send(422, {"error": str(exc)})
+            if mode == "grow":
+                leak.append(b"y" * 2**20)
+            return self.send(200, [0.5] * len(records))
+
+    ThreadingHTTPServer.daemon_threads = True
+    print("stub: ready", flush=True)
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
