@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from fleet.registry import LOCAL_HOME, ResolvedModel
@@ -135,3 +136,28 @@ def _bentoml() -> Any:
 
     BentoMLContainer.bentoml_home.set(home)
     return bentoml
+
+
+def wait_ready(
+    base_url: str, timeout_s: float = 120.0, alive: Callable[[], bool] | None = None
+) -> None:
+    """Poll `GET {base_url}/readyz` until it answers 200; raises TimeoutError otherwise.
+
+    `alive`, if given, is called between polls (e.g. `lambda: proc.poll() is None`); a
+    false answer means the server died and raises RuntimeError at once.
+    """
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the model server at {base_url} exited before it was ready")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"the model server at {base_url} was not ready after {timeout_s:.0f} s")
