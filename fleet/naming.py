@@ -30,4 +30,6 @@ def k8s_name(model_name: str, max_length: int = MAX_LABEL) -> str:
         slug = f"m-{slug}".rstrip("-")
     suffix = short_hash(model_name)
     room = max_length - len(suffix) - 1
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room beside the hash")
     return f"{slug[:room].rstrip('-')}-{suffix}"
