@@ -23,7 +23,7 @@ from fleet.registry import LOCAL_HOME, ResolvedModel, is_default_local, resolve_
 from fleet.schema import random_records
 from fleet.spec import load_fleet
 
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 300.0
 
 
 def register(sub: Any) -> None:

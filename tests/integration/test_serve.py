@@ -38,7 +38,7 @@ def served(
     log = work / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--ready-timeout", "600"],
             cwd=work,
             env=env,
             stdout=out,
@@ -55,7 +55,7 @@ def served(
             proc.wait()
 
 
-def _wait_for_summary(proc: subprocess.Popen[str], log: Path, timeout_s: float = 420) -> None:
+def _wait_for_summary(proc: subprocess.Popen[str], log: Path, timeout_s: float = 900) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         text = log.read_text()
