@@ -38,7 +38,16 @@ def served(
     log = work / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--ready-timeout", "600"],
+            [
+                sys.executable,
+                "-m",
+                "fleet.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--ready-timeout",
+                "600",
+            ],
             cwd=work,
             env=env,
             stdout=out,
