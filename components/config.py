@@ -131,7 +131,7 @@ def load_stack_config() -> StackConfig:
         ),
         registry_auth=auth,
         # A remote tracking server needs the token; a local sqlite registry has none.
-        mlflow_token=cfg.require_secret("mlflowToken") if remote else None,
+        mlflow_token=cfg.require_secret("mlflowToken") if remote else cfg.get_secret("mlflowToken"),
         profile_requests=cfg.get_int("profileRequests", 200),
         extra_labels=dict(cfg.get_object("labels") or {}),
     )

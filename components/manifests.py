@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.pod import ANNOTATION, PodParams, Text, deployment_spec, labels, pod_spec, selector
+from fleet.build import PORT
 from fleet.spec import Settings
 
-MODEL_PORT = 3000
-"""Port of the BentoML model server in the image."""
+MODEL_PORT = PORT
+"""Port of the BentoML model server in the image (`fleet.build`)."""
 MODEL_COMPONENT = "model-server"
-BENTOML_HOME = "/home/fleet/bentoml"
-"""BENTOML_HOME inside the model image; the server writes there (metrics, tmp files)."""
+BENTOML_HOME = "/tmp/bentoml"
+"""BENTOML_HOME in the pod: the server writes there (metrics, tmp files). Set here as well
+as in the image, so the writable emptyDir and the variable cannot drift apart."""
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from typing import Any
 
 import pulumi
 
+from fleet.build import UID
+
 PART_OF = "model-fleet"
 MANAGED_BY = "pulumi"
 ANNOTATION = "fleet.model-fleet.io"
 """Prefix of our annotations (`fleet.model-fleet.io/model-name`)."""
-RUN_AS_USER = 10001
-"""Numeric non-root user the containers run as (restricted PSS wants a non-zero uid)."""
+RUN_AS_USER = UID
+"""Numeric non-root user the containers run as: the image's `USER` (`fleet.build.UID`)."""
 
 Text = str | pulumi.Output[str]
 """A string that may still be unknown at program time."""
@@ -91,8 +93,10 @@ class PodParams:
     """GET path that answers 200 once the server can take traffic."""
     liveness_path: str = "/livez"
     """GET path that answers 200 while the process is healthy."""
+    command: list[str] = field(default_factory=list)
+    """Container command; empty keeps the image's entrypoint."""
     args: list[str] = field(default_factory=list)
-    """Container args (the image's entrypoint stays)."""
+    """Container args."""
     env: dict[str, str] = field(default_factory=dict)
     """Plain environment; never secrets."""
     scratch: dict[str, str] = field(default_factory=lambda: {"tmp": "/tmp"})
@@ -146,6 +150,8 @@ def pod_spec(p: PodParams) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
+    if p.command:
+        container["command"] = list(p.command)
     if p.args:
         container["args"] = list(p.args)
     spec: dict[str, Any] = {

@@ -89,6 +89,7 @@ def router_deployment(r: RouterObjects) -> dict[str, Any]:
             cpu=r.cpu,
             memory_request=mib(r.memory_mib),
             memory_limit=mib(r.memory_mib),
+            command=["python3", "-m", "fleet.router"],
             args=[
                 "--config",
                 f"{CONFIG_DIR}/{CONFIG_FILE}",
@@ -98,6 +99,7 @@ def router_deployment(r: RouterObjects) -> dict[str, Any]:
                 str(ROUTER_PORT),
             ],
             config_maps={"routes": (f"{ROUTER_NAME}-routes", CONFIG_DIR)},
+            liveness_path="/healthz",
             image_pull_secrets=r.image_pull_secrets,
         )
     )

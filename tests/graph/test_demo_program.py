@@ -1,0 +1,105 @@
+"""The real program (`__main__.py`) under Pulumi's mocks, on the demo MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.graph import checks
+from tests.graph.harness import IMAGE_TYPE, Capture, is_secret, run_program
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "s3cret-registry-password"
+TOKEN = "s3cret-mlflow-token"
+NAMESPACE = "fleet-staging"
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
+    config = {
+        "fleet:namespace": NAMESPACE,
+        "fleet:alias": "challenger",
+        "fleet:modelsFile": str(ROOT / "models.yaml"),
+        "fleet:trackingUri": demo_uri,
+        "fleet:registry": "registry.example.com/model-fleet",
+        "fleet:registryUsername": "model-fleet-ci",
+        "fleet:registryPassword": PASSWORD,
+        "fleet:mlflowToken": TOKEN,
+        "fleet:router": json.dumps({"image": "registry.example.com/model-fleet/router:0.1.0"}),
+        "fleet:ingress": json.dumps({"host": "models.example.com", "tlsSecret": "models-tls"}),
+    }
+    secret = ["fleet:registryPassword", "fleet:mlflowToken"]
+    cap = run_program(
+        lambda: runpy.run_path(str(ROOT / "__main__.py")),
+        stack="staging",
+        config=config,
+        secret_keys=secret,
+    )
+    return cap, cap.result
+
+
+def test_every_demo_model_has_exactly_its_children(demo_run):
+    cap, program = demo_run
+    assert len(program["models"]) == 10
+    checks.check_model_children(cap, program["models"])
+    # Components hang off the stack; nothing else sits at the root.
+    roots = {r.typ for r in cap.resources.values() if r.parent.endswith("model-fleet-staging")}
+    assert roots <= {checks.SERVICE_TYPE, checks.ROUTER_TYPE, "fleet:index:Platform"}
+    router = cap.named("router")
+    assert {c.name for c in cap.children(router)} == {
+        "router-routes",
+        "router-deployment",
+        "router-service",
+        "router-pdb",
+        "router-ingress",
+        "router-models-policy",
+    }
+
+
+def test_stack_alias_picks_the_versions(demo_run):
+    _, program = demo_run
+    assert all(r.model.alias in (None, "challenger") for r in program["models"])
+    assert any(r.model.alias == "challenger" for r in program["models"])
+
+
+def test_memory_comes_from_the_profile(demo_run):
+    cap, program = demo_run
+    checks.check_memory_from_profile(cap, program["models"])
+
+
+def test_router_config_matches_the_spec(demo_run):
+    cap, program = demo_run
+    checks.check_router_config(cap, program["fleet"], program["models"], NAMESPACE)
+    ingress = cap.named("router-ingress").k8s_object()
+    assert ingress["spec"]["tls"] == [{"hosts": ["models.example.com"], "secretName": "models-tls"}]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_objects_validate_and_meet_restricted_pss(demo_run):
+    cap, _ = demo_run
+    assert checks.check_objects(cap) >= 10 * 2 + 6
+
+
+def test_secrets_stay_secret(demo_run):
+    cap, _ = demo_run
+    for r in cap.k8s():
+        text = json.dumps(r.k8s_object())
+        if r.name == "platform-pull-secret":
+            assert is_secret(r.inputs["stringData"])
+            continue
+        assert PASSWORD not in text and TOKEN not in text, r.name
+    for image in cap.of_type(IMAGE_TYPE):
+        assert is_secret(image.inputs["registry_password"])
+        assert is_secret(image.inputs["mlflow_token"])
+        assert PASSWORD not in json.dumps(image.outputs, default=str)
+
+
+def test_namespace_enforces_restricted(demo_run):
+    cap, _ = demo_run
+    ns = cap.named("platform-namespace").k8s_object()
+    assert ns["metadata"]["name"] == NAMESPACE
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
