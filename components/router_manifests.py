@@ -67,9 +67,17 @@ def label_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63].strip("-._") or "unknown"
 
 
+def image_version(image: str) -> str:
+    """The tag of `image` (`router:0.1.0` -> `0.1.0`), else the start of its digest."""
+    name, _, digest = image.partition("@")
+    tail = name.rsplit("/", 1)[-1]
+    if ":" in tail:
+        return label_value(tail.split(":", 1)[1])
+    return label_value(digest.removeprefix("sha256:")[:12]) if digest else "latest"
+
+
 def router_labels(r: RouterObjects) -> dict[str, str]:
-    tag = r.image.rsplit("@", 1)[0].rsplit(":", 1)[-1] if ":" in r.image else "latest"
-    return labels(ROUTER_COMPONENT, ROUTER_NAME, "router", label_value(tag), r.extra_labels)
+    return labels(ROUTER_COMPONENT, ROUTER_NAME, "router", image_version(r.image), r.extra_labels)
 
 
 def _metadata(r: RouterObjects, name: str = ROUTER_NAME) -> dict[str, Any]:

@@ -1,0 +1,175 @@
+"""The image and profile dynamic providers, called directly (no engine).
+
+`diff` decides whether `up` does any work; these tests call the real methods with the
+state an earlier `up` would have stored. One test builds a real image through the
+provider where a Docker engine runs; it reuses an image the serving tests built under the
+same content hash (that is the cache working).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dill
+import pytest
+from pulumi.dynamic.dynamic import serialize_provider
+
+from components.image import ModelImageArgs as ImageArgs
+from components.image import ModelImageProvider, deployable_ref, image_inputs
+from components.profile import MemoryProfileProvider, rederive
+from components.resolved import resolved_from_dict, resolved_to_dict
+from fleet.build import BuildSettings, content_hash, image_ref
+from profiler import ProfileGateError
+from tests.graph.fleetgen import generated_fleet, with_new_version
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generated_fleet(8)
+
+
+def _image_props(resolved, **over):
+    props = image_inputs(ImageArgs(resolved=resolved, build=BuildSettings(), tracking_uri="x"))
+    props.update(over)
+    return props
+
+
+def _stored_image(props):
+    """What an earlier `up` left in state for `props` (the provider's outputs)."""
+    outs = {k: v for k, v in props.items() if k not in ("registry_password", "mlflow_token")}
+    return {**outs, "image_id": "sha256:abc", "digest": "", "image": props["image_ref"]}
+
+
+def test_resolved_model_survives_the_round_trip(small):
+    r = small[1][3]
+    assert resolved_from_dict(resolved_to_dict(r)) == r
+
+
+def test_inputs_carry_the_hash_of_fleet_build(small):
+    r = small[1][0]
+    props = _image_props(r)
+    assert props["content_hash"] == content_hash(r, BuildSettings())
+    assert props["image_ref"] == image_ref(r, BuildSettings())
+
+
+def test_unchanged_hash_is_no_change(small):
+    r = small[1][0]
+    old = _stored_image(_image_props(r))
+    news = _image_props(r, tracking_uri="https://elsewhere", mlflow_token="rotated")
+    diff = ModelImageProvider().diff("id", old, news)
+    assert diff.changes is False
+
+
+def test_new_version_or_registry_is_a_change(small):
+    _, resolved = small
+    old = _stored_image(_image_props(resolved[2]))
+    bumped = with_new_version(resolved, 2)[2]
+    assert ModelImageProvider().diff("id", old, _image_props(bumped)).changes is True
+    moved = image_inputs(
+        ImageArgs(
+            resolved=resolved[2], build=BuildSettings(registry="r.example/x"), tracking_uri="x"
+        )
+    )
+    assert ModelImageProvider().diff("id", old, moved).changes is True
+
+
+def test_deployable_ref_prefers_the_digest():
+    ref = "localhost:5000/fleet/m-1a2b3c:abc"
+    assert deployable_ref(ref, "") == ref
+    digest = "localhost:5000/fleet/m-1a2b3c@sha256:" + "0" * 64
+    assert deployable_ref(ref, digest) == digest
+    assert deployable_ref(ref, "sha256:" + "1" * 64) == (
+        "localhost:5000/fleet/m-1a2b3c@sha256:" + "1" * 64
+    )
+
+
+def _profile_state(resolved, **over):
+    props = {
+        "model": resolved_to_dict(resolved),
+        "image": "registry.example/none@sha256:" + "2" * 64,  # no such image anywhere
+        "content_hash": "f" * 16,
+        "memory": resolved.model.settings.memory.model_dump(mode="json"),
+        "requests": 50,
+    }
+    state = {**props, "request_mib": 420, "limit_mib": 700}
+    state.update(idle_mib=300.0, p95_mib=365.0, peak_mib=400.0, summary="earlier run")
+    props.update(over)
+    return state, props
+
+
+def test_profile_unchanged_image_is_no_change(small):
+    state, news = _profile_state(small[1][0])
+    assert MemoryProfileProvider().diff("id", state, news).changes is False
+    state, news = _profile_state(small[1][0], image="other@sha256:" + "3" * 64)
+    assert MemoryProfileProvider().diff("id", state, news).changes is True
+
+
+def test_policy_change_rederives_without_profiling(small):
+    """A real update: the image named does not exist, so any profiling would fail."""
+    r = small[1][0]
+    policy = dict(r.model.settings.memory.model_dump(mode="json"), request_margin_percent=50)
+    state, news = _profile_state(r, memory=policy)
+    assert MemoryProfileProvider().diff("id", state, news).changes is True
+    outs = MemoryProfileProvider().update("id", state, news).outs
+    assert outs["request_mib"] == 548  # ceil(365 * 1.5)
+    assert outs["limit_mib"] == 600  # max(400 * 1.5, 400 + 64)
+    assert outs["peak_mib"] == 400.0 and outs["memory"] == policy
+
+
+def test_policy_change_below_the_peak_fails_the_gate(small):
+    r = small[1][0]
+    policy = dict(r.model.settings.memory.model_dump(mode="json"), ceiling_mib=256)
+    state, news = _profile_state(r, memory=policy)
+    with pytest.raises(ProfileGateError, match=r.name):
+        rederive(state, news)
+
+
+@pytest.mark.parametrize("provider", [ModelImageProvider(), MemoryProfileProvider()])
+def test_providers_pickle_by_reference_and_load_in_a_fresh_process(provider):
+    blob = serialize_provider(provider)
+    assert len(blob) < 2000  # by reference: no pickled module bodies
+    # The engine loads the provider in its own Python process started in the project.
+    code = (
+        "import base64, sys, dill; "
+        "p = dill.loads(base64.b64decode(sys.argv[1])); "
+        "print(type(p).__module__, type(p).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, blob], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [type(provider).__module__, type(provider).__name__]
+    assert type(dill.loads(base64.b64decode(blob))) is type(provider)
+
+
+def _docker_ok() -> bool:
+    docker = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
+    try:
+        return subprocess.run([docker, "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(not _docker_ok(), reason="no Docker engine")
+def test_real_build_through_the_provider_then_no_work(demo_resolved, demo_uri):
+    r = next(m for m in demo_resolved if m.name == "match_probability_1_TAXI_trafficaware")
+    props = image_inputs(
+        ImageArgs(resolved=r, build=BuildSettings(), tracking_uri=demo_uri, push=False)
+    )
+    provider = ModelImageProvider()
+    created = provider.create(props)
+    assert created.outs["image"] == props["image_ref"]  # no push: deployed by tag
+    assert created.outs["image_id"].startswith("sha256:")
+    # The engine stores `outs`; the next `up` diffs the same inputs against them.
+    assert provider.diff(created.id_, created.outs, props).changes is False
+    # Even if asked again (a retried update), the tag exists: no build.
+    again = provider.update(created.id_, created.outs, props).outs
+    assert again["built"] is False
+    assert again["image_id"] == created.outs["image_id"]

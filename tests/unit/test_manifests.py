@@ -1,0 +1,253 @@
+"""The pure manifest builders: plain values in, Kubernetes objects out."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import kubernetes_validate
+import pytest
+
+from components.config import IngressConfig
+from components.manifests import (
+    BENTOML_HOME,
+    MODEL_PORT,
+    ModelObjects,
+    backend_url,
+    model_deployment,
+    model_hpa,
+    model_labels,
+    model_pdb,
+    model_selector,
+    model_service,
+)
+from components.platform import docker_config, namespace_metadata
+from components.pod import RUN_AS_USER
+from components.router_manifests import (
+    CHECKSUM,
+    RouterObjects,
+    label_value,
+    models_network_policy,
+    router_deployment,
+    router_ingress,
+    router_labels,
+    router_pdb,
+    router_url,
+    routes_configmap,
+    routes_json,
+)
+from fleet.build import UID
+from fleet.spec import Autoscaling, MemoryPolicy, Settings
+from tests.graph.pss import violations
+
+K8S = "1.33.0"
+
+
+def objects(**settings) -> ModelObjects:
+    return ModelObjects(
+        k8s_name="match-probability-1-taxi-trafficaware-441ccf",
+        namespace="fleet",
+        model_name="match_probability_1_TAXI_trafficaware",
+        version=4,
+        run_id="774ebd704b8b468c8b78606d2fcba900",
+        model_uri="models:/match_probability_1_TAXI_trafficaware/4",
+        content_hash="3438973da0db1730",
+        settings=Settings(**settings),
+        image="localhost:5000/fleet/m@sha256:" + "a" * 64,
+        memory_request="420Mi",
+        memory_limit="700Mi",
+    )
+
+
+def router(**over) -> RouterObjects:
+    args = {
+        "namespace": "fleet",
+        "image": "registry.example.com/fleet/router:0.1.0",
+        "routes_json": routes_json({"version": 1, "routes": []}),
+        "ingress": IngressConfig(host="models.example.com", tls_secret="models-tls"),
+    }
+    args.update(over)
+    return RouterObjects(**args)
+
+
+def full(kind: str, api: str, obj: dict) -> dict:
+    return {"apiVersion": api, "kind": kind, **obj}
+
+
+def test_model_deployment_sizes_probes_and_rollout():
+    dep = model_deployment(objects(cpu="500m"))
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"] == {
+        "requests": {"cpu": "500m", "memory": "420Mi"},
+        "limits": {"memory": "700Mi"},
+    }
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert c["ports"] == [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}]
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(
+        c["lifecycle"]["preStop"]["exec"]["command"][1]
+    )
+    assert dep["spec"]["replicas"] == 1
+
+
+def test_model_pod_is_restricted_with_writable_scratch_only():
+    pod = model_deployment(objects())["spec"]["template"]["spec"]
+    assert violations(pod) == []
+    (c,) = pod["containers"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp", BENTOML_HOME}
+    assert all("emptyDir" in v for v in pod["volumes"])
+    assert {"name": "BENTOML_HOME", "value": BENTOML_HOME} in c["env"]
+    # The pod runs as the user the image is built with.
+    assert RUN_AS_USER == UID == pod["securityContext"]["runAsUser"]
+    assert pod["enableServiceLinks"] is False
+
+
+def test_a_broken_pod_is_caught_by_the_checker():
+    pod = model_deployment(objects())["spec"]["template"]["spec"]
+    pod["hostNetwork"] = True
+    pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["containers"][0]["securityContext"]["capabilities"] = {"drop": ["NET_RAW"]}
+    found = " ".join(violations(pod))
+    for what in ("hostNetwork", "hostPath", "allowPrivilegeEscalation", "drop"):
+        assert what in found
+
+
+def test_labels_annotations_and_selector():
+    m = objects()
+    labels = model_labels(m)
+    assert {k.split("/")[1] for k in labels} == {
+        "name",
+        "instance",
+        "component",
+        "part-of",
+        "managed-by",
+        "version",
+    }
+    assert labels["app.kubernetes.io/version"] == "4"
+    # The selector must not hold anything that changes with a new model version.
+    assert model_selector(m).items() <= labels.items()
+    assert "app.kubernetes.io/version" not in model_selector(m)
+    notes = model_deployment(m)["metadata"]["annotations"]
+    assert notes["fleet.model-fleet.io/run-id"] == m.run_id
+    assert notes["fleet.model-fleet.io/model-version"] == "4"
+
+
+def test_pdb_only_with_more_than_one_pod():
+    assert model_pdb(objects(replicas=1)) is None
+    pdb = model_pdb(objects(replicas=3))
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+    auto = Autoscaling(min_replicas=2, max_replicas=4)
+    assert model_pdb(objects(replicas=1, autoscaling=auto)) is not None
+
+
+def test_hpa_owns_replicas_when_autoscaling():
+    assert model_hpa(objects()) is None
+    m = objects(autoscaling=Autoscaling(min_replicas=2, max_replicas=6))
+    hpa = model_hpa(m)
+    assert hpa is not None
+    assert hpa["spec"]["scaleTargetRef"]["name"] == m.k8s_name
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert "replicas" not in model_deployment(m)["spec"]
+
+
+def test_fixed_memory_policy_is_plain_data():
+    policy = MemoryPolicy(fixed_mib=512)
+    assert Settings(memory=policy).memory.fixed_mib == 512
+
+
+@pytest.mark.parametrize(
+    ("kind", "api", "build"),
+    [
+        ("Deployment", "apps/v1", lambda: model_deployment(objects(replicas=3))),
+        ("Service", "v1", lambda: model_service(objects())),
+        ("PodDisruptionBudget", "policy/v1", lambda: model_pdb(objects(replicas=3))),
+        (
+            "HorizontalPodAutoscaler",
+            "autoscaling/v2",
+            lambda: model_hpa(objects(autoscaling=Autoscaling())),
+        ),
+        ("Deployment", "apps/v1", lambda: router_deployment(router())),
+        ("ConfigMap", "v1", lambda: routes_configmap(router())),
+        ("Ingress", "networking.k8s.io/v1", lambda: router_ingress(router())),
+        ("NetworkPolicy", "networking.k8s.io/v1", lambda: models_network_policy(router())),
+        ("Namespace", "v1", lambda: {"metadata": namespace_metadata("fleet", {})}),
+    ],
+)
+def test_builders_validate_against_the_kubernetes_schema(kind, api, build):
+    kubernetes_validate.validate(full(kind, api, build()), K8S, strict=True)
+
+
+def test_schema_validation_catches_a_mistake():
+    dep = model_deployment(objects())
+    dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailible"] = 0
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(full("Deployment", "apps/v1", dep), K8S, strict=True)
+
+
+def test_routes_change_rolls_the_router():
+    a = router_deployment(router(routes_json=routes_json({"routes": [1], "version": 1})))
+    b = router_deployment(router(routes_json=routes_json({"version": 1, "routes": [1]})))
+    c = router_deployment(router(routes_json=routes_json({"version": 1, "routes": [2]})))
+    checksum = [d["spec"]["template"]["metadata"]["annotations"][CHECKSUM] for d in (a, b, c)]
+    assert checksum[0] == checksum[1] != checksum[2]
+    pod = a["spec"]["template"]["spec"]
+    assert violations(pod) == []
+    assert pod["volumes"][-1]["configMap"]["name"] == routes_configmap(router())["metadata"]["name"]
+
+
+def test_network_policy_admits_router_pods_to_model_pods_only():
+    r = router()
+    spec = models_network_policy(r)["spec"]
+    model_pod = model_deployment(objects())["spec"]["template"]["metadata"]["labels"]
+    router_pod = router_deployment(r)["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= model_pod.items()
+    assert not spec["podSelector"]["matchLabels"].items() <= router_pod.items()
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= router_pod.items()
+    assert not peer["podSelector"]["matchLabels"].items() <= model_pod.items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": MODEL_PORT}]
+    assert spec["policyTypes"] == ["Ingress"]
+
+
+def test_ingress_tls_and_url():
+    with_tls = router_ingress(router())["spec"]
+    assert with_tls["tls"] == [{"hosts": ["models.example.com"], "secretName": "models-tls"}]
+    plain = IngressConfig(host="fleet.localtest.me")
+    assert "tls" not in router_ingress(router(ingress=plain))["spec"]
+    assert router_url(plain) == "http://fleet.localtest.me"
+    assert router_url(router().ingress) == "https://models.example.com"
+
+
+def test_router_pdb_and_labels():
+    assert router_pdb(router(replicas=1)) is None
+    assert router_pdb(router(replicas=2)) is not None
+    assert router_labels(router())["app.kubernetes.io/version"] == "0.1.0"
+    digest = router(image="r/router@sha256:" + "b" * 64)
+    assert router_labels(digest)["app.kubernetes.io/version"] == "b" * 12
+    assert router_labels(router(image="localhost:5000/router"))["app.kubernetes.io/version"] == (
+        "latest"
+    )
+
+
+def test_label_value_is_always_valid():
+    assert label_value("x" * 80) == "x" * 63
+    assert label_value("-a/b:c-") == "a-b-c"
+    assert label_value("///") == "unknown"
+
+
+def test_backend_url():
+    assert backend_url("m-1a2b3c", "fleet") == "http://m-1a2b3c.fleet.svc.cluster.local:3000"
+
+
+def test_namespace_and_pull_secret():
+    meta = namespace_metadata("fleet", {"team": "pricing"})
+    assert meta["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert meta["labels"]["team"] == "pricing"
+    cfg = json.loads(docker_config("registry.example.com", "ci", "pw"))
+    auth = cfg["auths"]["registry.example.com"]["auth"]
+    assert base64.b64decode(auth).decode() == "ci:pw"
