@@ -1,0 +1,75 @@
+"""How long the Pulumi program takes under mocks, for fleets of 50, 200 and 1000 models.
+
+    uv run python -m benchmarks.pulumi_program [--sizes 50 200 1000] [--repeats 3]
+
+Each run: a generated fleet (resolved in-process, no registry), the real `deploy_fleet`
+under `pulumi.runtime.set_mocks` (the engine mocked, every resource registered through the
+mock monitor), timed end to end. Also timed separately: `fleet.build.content_hash` over
+the fleet (the only per-model work the program does besides building manifests), and the
+first run in the process (imports of pulumi_kubernetes modules). Prints a Markdown table
+of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from components.program import build_settings
+from fleet.build import content_hash
+from tests.graph.fleetgen import generated_fleet
+from tests.graph.harness import run_program
+from tests.graph.test_fleet_200 import stack_config
+
+
+def time_program(n: int) -> tuple[float, int]:
+    from components.program import deploy_fleet
+
+    fleet, resolved = generated_fleet(n)
+    start = time.perf_counter()
+    cap = run_program(lambda: deploy_fleet(stack_config(), fleet, resolved), stack="production")
+    return time.perf_counter() - start, len(cap.resources)
+
+
+def time_hashes(n: int) -> float:
+    _, resolved = generated_fleet(n)
+    settings = build_settings_default()
+    start = time.perf_counter()
+    for r in resolved:
+        content_hash(r, settings)
+    return time.perf_counter() - start
+
+
+def build_settings_default():  # type: ignore[no-untyped-def]
+    from fleet.build import BuildSettings
+
+    return BuildSettings(registry="registry.example.com/model-fleet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    _ = build_settings  # the program's own settings builder; the benchmark mirrors it
+    start = time.perf_counter()
+    time_program(5)
+    print(f"warm-up (imports, 5 models): {time.perf_counter() - start:.1f} s")
+    rows = []
+    for n in args.sizes:
+        runs = [time_program(n) for _ in range(args.repeats)]
+        secs = [r[0] for r in runs]
+        hashes = statistics.median(time_hashes(n) for _ in range(args.repeats))
+        med = statistics.median(secs)
+        rows.append((n, runs[0][1], med, min(secs), max(secs), med / n * 1000, hashes))
+        print(f"n={n}: runs {', '.join(f'{s:.1f}' for s in secs)} s", flush=True)
+    print()
+    print("| models | resources | median s | min s | max s | ms per model | content_hash s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, res, med, lo, hi, per, hashes in rows:
+        print(f"| {n} | {res} | {med:.1f} | {lo:.1f} | {hi:.1f} | {per:.0f} | {hashes:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
