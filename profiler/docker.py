@@ -1,15 +1,17 @@
 """The docker backend: the model image as a container, memory from its cgroup.
 
-The container shares the host's network namespace (`--network host`) and its server
-listens on 127.0.0.1 on a free port given through `BENTOML_HOST` / `BENTOML_PORT` (what
-`bentoml serve` reads) and `PORT`; the profiler's traffic never leaves the loopback
-interface. Memory is read from the container's memory cgroup (v1 or v2,
-`profiler.memory.find_cgroup`). No memory limit is set: the profile measures what the
-model takes, the limit comes from the measurement.
+The container shares the host's network namespace (`--network host`), so the profiler's
+traffic never leaves the loopback interface. Its server is moved to 127.0.0.1 on a free
+port: `--host`/`--port` values in the image's command are rewritten (the command is
+otherwise kept as the image has it), and `BENTOML_HOST`/`BENTOML_PORT`/`PORT` are set for
+images that take them from the environment. Memory is read from the container's memory
+cgroup (v1 or v2, `profiler.memory.find_cgroup`). No memory limit is set: the profile
+measures what the model takes, the limit comes from the measurement.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,7 +77,12 @@ class DockerBackend:
         env = {"BENTOML_HOST": "127.0.0.1", "BENTOML_PORT": str(port), "PORT": str(port)}
         argv = [self.docker, "run", "--detach", "--network", "host", "--label", LABEL]
         argv += [f"--env={k}={v}" for k, v in env.items()]
-        run = _docker([*argv, image], check=False)
+        inspect = [self.docker, "image", "inspect", "-f", "{{json .Config.Cmd}}", image]
+        found = _docker(inspect, check=False)
+        if found.returncode != 0:
+            raise ProfileGateError(resolved.name, [f"no image {image}: {found.stderr.strip()}"])
+        command = loopback_command(json.loads(found.stdout or "null") or [], port)
+        run = _docker([*argv, image, *command], check=False)
         if run.returncode != 0:
             raise ProfileGateError(
                 resolved.name, [f"the container could not be started from {image}: {run.stderr}"]
@@ -127,6 +134,29 @@ class ContainerServer:
 
     def stop(self) -> None:
         _docker([self.docker, "rm", "--force", self.container_id], check=False)
+
+
+def loopback_command(cmd: list[str], port: int) -> list[str]:
+    """`cmd` with its `--host`/`--port` values set to 127.0.0.1 and `port`.
+
+    Empty (keep the image's command) when it has neither option.
+    """
+    values = {"--host": "127.0.0.1", "--port": str(port)}
+    out: list[str] = []
+    changed = False
+    skip = False
+    for i, arg in enumerate(cmd):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in values:
+            changed = True
+            out.append(f"{name}={values[name]}")
+            skip = "=" not in arg and i + 1 < len(cmd)
+        else:
+            out.append(arg)
+    return out if changed else []
 
 
 def _docker(
