@@ -21,7 +21,12 @@ from pulumi.dynamic.dynamic import serialize_provider
 
 from components.image import ModelImageArgs as ImageArgs
 from components.image import ModelImageProvider, deployable_ref, image_inputs
-from components.profile import MemoryProfileProvider, rederive
+from components.profile import (
+    MemoryProfileArgs,
+    MemoryProfileProvider,
+    profile_inputs,
+    rederive,
+)
 from components.resolved import resolved_from_dict, resolved_to_dict
 from fleet.build import BuildSettings, content_hash, image_ref
 from profiler import ProfileGateError
@@ -156,15 +161,28 @@ def _docker_ok() -> bool:
         return False
 
 
-@pytest.mark.docker
-@pytest.mark.skipif(not _docker_ok(), reason="no Docker engine")
-def test_real_build_through_the_provider_then_no_work(demo_resolved, demo_uri):
+def needs_docker(test):
+    """Docker-engine tests; a cold build on two busy cores with vfs storage takes minutes."""
+    test = pytest.mark.docker(test)
+    test = pytest.mark.skipif(not _docker_ok(), reason="no Docker engine")(test)
+    return pytest.mark.timeout(1800)(test)
+
+
+@pytest.fixture(scope="module")
+def real_image(demo_resolved, demo_uri):
+    """One real model image built through the provider (or found under its tag: the
+    serving tests build the same one, and then this is the cache working)."""
     r = next(m for m in demo_resolved if m.name == "match_probability_1_TAXI_trafficaware")
     props = image_inputs(
         ImageArgs(resolved=r, build=BuildSettings(), tracking_uri=demo_uri, push=False)
     )
+    return r, props, ModelImageProvider().create(props)
+
+
+@needs_docker
+def test_real_build_through_the_provider_then_no_work(real_image):
+    _, props, created = real_image
     provider = ModelImageProvider()
-    created = provider.create(props)
     assert created.outs["image"] == props["image_ref"]  # no push: deployed by tag
     assert created.outs["image_id"].startswith("sha256:")
     # The engine stores `outs`; the next `up` diffs the same inputs against them.
@@ -173,3 +191,22 @@ def test_real_build_through_the_provider_then_no_work(demo_resolved, demo_uri):
     again = provider.update(created.id_, created.outs, props).outs
     assert again["built"] is False
     assert again["image_id"] == created.outs["image_id"]
+
+
+@needs_docker
+def test_real_profile_through_the_provider(real_image):
+    r, _, created = real_image
+    props = profile_inputs(
+        MemoryProfileArgs(
+            resolved=r,
+            image=created.outs["image"],
+            content_hash=created.outs["content_hash"],
+            requests=40,
+        )
+    )
+    provider = MemoryProfileProvider()
+    made = provider.create(props)
+    outs = made.outs
+    assert 50 < outs["peak_mib"] < r.model.settings.memory.ceiling_mib
+    assert outs["limit_mib"] >= outs["request_mib"] >= outs["p95_mib"]
+    assert provider.diff(made.id_, outs, props).changes is False
