@@ -93,7 +93,8 @@ class RouteSchema:
         errors = exc.errors(include_url=False, include_input=False)
         if any(e["type"] == "json_invalid" for e in errors):
             msg = errors[0]["msg"].removeprefix("Invalid JSON: ")
-            return RequestProblem(400, "invalid_json", [{"field": "", "problem": f"{msg}"}])
+            problem = f"not valid JSON: {msg}"
+            return RequestProblem(400, "invalid_json", [{"field": "(body)", "problem": problem}])
         problems = [self._describe(e) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append({"field": "", "problem": f"{len(errors) - MAX_PROBLEMS} more"})
@@ -103,6 +104,7 @@ class RouteSchema:
         loc = list(error["loc"])
         kind = loc.pop(0) if loc else None
         field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        field = field or "(body)"
         name = str(loc[-1]) if loc and isinstance(loc[-1], str) else ""
         typ = error["type"]
         if typ == "missing":
@@ -115,6 +117,8 @@ class RouteSchema:
             problem = "NaN and infinity are not allowed; send a finite number"
         elif typ in ("too_short", "too_long") and kind == "batch" and not loc:
             field, problem = "(batch)", error["msg"].replace("List", "the batch")
+        elif typ in ("model_type", "model_attributes_type"):
+            problem = "expected a JSON object (a record)"
         else:
             column = next((c for c in self.columns if c.name == name), None)
             expected = f"expected {column.type}: " if column else ""
