@@ -10,10 +10,11 @@ by reference (its module must be importable where the engine runs the provider).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,7 @@ def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
         "content_hash": digest,
         "image_ref": f"{args.build.registry}/{args.resolved.model.k8s_name}:{digest}",
         "registry": args.build.registry,
-        "base_image": args.build.base_image,
-        "ca_bundle": str(args.build.ca_bundle) if args.build.ca_bundle else None,
+        "build": settings_to_dict(args.build),
         "tracking_uri": args.tracking_uri,
         "push": args.push,
         "registry_server": args.auth.server if args.auth else None,
@@ -65,6 +65,21 @@ def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
         "registry_password": args.auth.password if args.auth else None,
         "mlflow_token": args.mlflow_token,
     }
+
+
+def settings_to_dict(settings: BuildSettings) -> dict[str, Any]:
+    """Build settings as plain data; the project root is where the provider runs."""
+    out: dict[str, Any] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name != "project_root":
+            out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def settings_from_dict(data: dict[str, Any]) -> BuildSettings:
+    ca = data.get("ca_bundle")
+    return BuildSettings(**{**data, "ca_bundle": Path(ca) if ca else None})
 
 
 def image_changed(olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
@@ -96,9 +111,10 @@ def _env(extra: dict[str, str]) -> Iterator[None]:
 
 
 def _login(server: str, username: str, password: str) -> None:
-    # The docker CLI stores the login where the SDK's push reads it.
+    # `docker login` stores the credentials where `docker push` (fleet.build) reads them.
+    docker = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
     subprocess.run(
-        ["docker", "login", server, "--username", username, "--password-stdin"],
+        [docker, "login", server, "--username", username, "--password-stdin"],
         input=password.encode(),
         check=True,
         capture_output=True,
@@ -108,11 +124,7 @@ def _login(server: str, username: str, password: str) -> None:
 def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
     """Build (cached by tag) and push the image; returns the resource's outputs."""
     resolved = resolved_from_dict(props["model"])
-    settings = BuildSettings(
-        registry=props["registry"],
-        base_image=props["base_image"],
-        ca_bundle=Path(props["ca_bundle"]) if props.get("ca_bundle") else None,
-    )
+    settings = settings_from_dict(props["build"])
     token = props.get("mlflow_token")
     with _env({"MLFLOW_TRACKING_TOKEN": token} if token else {}):
         result = build_image(resolved, props["tracking_uri"], settings)

@@ -20,7 +20,13 @@ import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
 from components.image import ModelImageArgs as ImageArgs
-from components.image import ModelImageProvider, deployable_ref, image_inputs
+from components.image import (
+    ModelImageProvider,
+    deployable_ref,
+    image_inputs,
+    settings_from_dict,
+    settings_to_dict,
+)
 from components.profile import (
     MemoryProfileArgs,
     MemoryProfileProvider,
@@ -55,6 +61,14 @@ def _stored_image(props):
 def test_resolved_model_survives_the_round_trip(small):
     r = small[1][3]
     assert resolved_from_dict(resolved_to_dict(r)) == r
+
+
+def test_build_settings_survive_the_round_trip(tmp_path):
+    ca = tmp_path / "ca.pem"
+    settings = BuildSettings(registry="r.example/x", base_image="b:1", ca_bundle=ca)
+    data = settings_to_dict(settings)
+    assert "project_root" not in data and data["ca_bundle"] == str(ca)
+    assert settings_from_dict(data) == settings
 
 
 def test_inputs_carry_the_hash_of_fleet_build(small):
