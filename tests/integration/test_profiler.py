@@ -7,6 +7,8 @@ reports. Load is kept to a few seconds per model.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,39 +101,47 @@ def test_a_second_run_comes_from_the_cache(
     assert f"{request}Mi" in out  # the summary table
 
 
-BROKEN = """
-import mlflow, numpy as np, pandas as pd
-from mlflow.models import infer_signature
+def register_broken_model(uri: str, artifacts: Path) -> None:
+    """A pyfunc that raises on predict, registered as `broken_model` version 1 at `uri`."""
+    import cloudpickle
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
 
-class Broken(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        raise ValueError("this model is broken on purpose")
+    class Broken(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            raise ValueError("this model is broken on purpose")
 
-uri = "{uri}"
-mlflow.set_tracking_uri(uri)
-mlflow.set_registry_uri(uri)
-x = pd.DataFrame({{"distance": [1.0, 2.0], "hour": np.array([3, 4], dtype="int64")}})
-sig = infer_signature(x, np.array([0.5, 0.5]))
-with mlflow.start_run():
-    mlflow.pyfunc.log_model(
-        name="model", python_model=Broken(), signature=sig, registered_model_name="broken_model",
-        pip_requirements=["pandas"],
-    )
-"""
+    # The class travels inside the model, as from a notebook; the server cannot import tests.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        x = pd.DataFrame({"distance": [1.0, 2.0], "hour": np.array([3, 4], dtype="int64")})
+        exp = mlflow.MlflowClient(uri).create_experiment("broken", artifacts.as_uri())
+        with mlflow.start_run(experiment_id=exp):
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=Broken(),
+                signature=infer_signature(x, np.array([0.5, 0.5])),
+                registered_model_name="broken_model",
+                pip_requirements=["pandas"],
+            )
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 def test_a_model_that_raises_on_predict_fails_the_gate(
-    bentoml_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bentoml_home: Path, demo_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import subprocess
-    import sys
-
+    # A temporary registry: a copy of the demo one, whose database is already migrated.
+    shutil.copyfile(demo_home / "mlflow.db", tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false"}
-    # A process of its own: the pyfunc class must travel by value, as from a notebook.
-    subprocess.run(
-        [sys.executable, "-c", BROKEN.format(uri=uri)], cwd=tmp_path, env=env, check=True
-    )
+    register_broken_model(uri, tmp_path / "artifacts")
     models = tmp_path / "models.yaml"
     models.write_text("- {name: broken_model, version: 1, endpoint: broken}\n")
     argv = ["profile", "--all", "--models", str(models), "--tracking-uri", uri]
