@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pulumi
-import pytest
 
 import components.image
 import fleet.build
@@ -18,8 +17,7 @@ def _tripwire(*_args, **_kwargs):
     raise AssertionError("work done at program time")
 
 
-@pytest.mark.parametrize("preview", [True, False])
-def test_program_does_no_work(monkeypatch, preview):
+def test_preview_does_no_work(monkeypatch):
     for module, name in [
         (fleet.build, "build_image"),
         (fleet.build, "build_bento"),
@@ -36,7 +34,7 @@ def test_program_does_no_work(monkeypatch, preview):
         mocks,
         project="model-fleet",
         stack="staging",
-        preview=preview,
+        preview=True,
         monitor=RecordingMonitor(mocks),
     )
 
