@@ -76,7 +76,22 @@ def resolve_fleet(fleet: Fleet, tracking_uri: str | None = None) -> list[Resolve
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    missing = _missing_sqlite(uri)
+    if missing is not None:
+        # MLflow would create an empty registry there and then find none of the models.
+        raise ResolutionError(
+            [
+                f"no MLflow registry at {uri} ({missing} does not exist): make one with "
+                "`fleet demo-registry`, or point --tracking-uri / MLFLOW_TRACKING_URI at yours"
+            ]
+        )
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as exc:
+        raise ResolutionError([f"cannot open the MLflow registry at {uri}: {_first(exc)}"]) from exc
+    unreachable = _unreachable(client)
+    if unreachable is not None:
+        raise ResolutionError([f"cannot reach the MLflow registry at {uri}: {unreachable}"])
     resolved: list[ResolvedModel] = []
     problems: list[str] = []
     for model in fleet.resolved_models():
@@ -87,6 +102,48 @@ def resolve_fleet(fleet: Fleet, tracking_uri: str | None = None) -> list[Resolve
     if problems:
         raise ResolutionError(problems)
     return resolved
+
+
+def _missing_sqlite(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI when it does not exist, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    return None if path.exists() else path
+
+
+# One try, a short timeout: by default MLflow retries a refused connection for about four
+# minutes, per call, so an unreachable server would hang a validation or preview for hours.
+_PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def _unreachable(client: Any) -> str | None:
+    """Why the registry cannot be reached at all (a connection error), else None."""
+    import requests
+
+    saved = {key: os.environ.get(key) for key in _PROBE_ENV}
+    os.environ.update(_PROBE_ENV)
+    try:
+        client.search_registered_models(max_results=1)
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, requests.ConnectionError | requests.Timeout):
+                return _first(exc)
+            cause = cause.__cause__ or cause.__context__
+        # Anything else (a rate limit, a server error) gets MLflow's usual retries below.
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return None
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _resolve_one(client: Any, model: Model) -> ResolvedModel:
@@ -135,7 +192,7 @@ class _MetadataError(ValueError):
 def _explain(model: Model, exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ValueError):
-        return text if model.name in text else f"model '{model.name}': {text}"
+        return text if f"model '{model.name}'" in text else f"model '{model.name}': {text}"
     code = getattr(exc, "error_code", "")
     what = f"alias '{model.alias}'" if model.alias is not None else f"version {model.version}"
     if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
