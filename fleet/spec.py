@@ -33,6 +33,7 @@ from fleet.naming import k8s_name
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 _T = TypeVar("_T", bound=BaseModel)
 
 
@@ -208,6 +209,14 @@ class Experiment(_Strict):
         if not value.startswith("/") or not all(_SEGMENT.match(p) for p in parts):
             raise ValueError(f"'{value}' is not a path such as /probability/2/TAXI")
         return "/" + "/".join(parts)
+
+    @field_validator("sticky_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        # A name no client can send would silently make the experiment non-sticky.
+        if not _HEADER.match(value):
+            raise ValueError(f"'{value}' is not an HTTP header name such as X-Caller-Id")
+        return value
 
     @model_validator(mode="after")
     def _weights(self) -> Experiment:
