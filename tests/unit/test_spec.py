@@ -324,6 +324,19 @@ ERROR_CASES = {
         ["experiment 'x/a b'", "route", "not a path"],
         5,
     ),
+    "bad sticky header": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x, parameters: [1]}
+          - {name: b, version: 1, endpoint: x, parameters: [2]}
+        experiments:
+          - route: /x/ab
+            sticky_header: X Caller
+            variants: [{model: a, weight: 50}, {model: b, weight: 50}]
+        """,
+        ["experiment '/x/ab'", "sticky_header", "'X Caller'"],
+        6,
+    ),
     "bad CPU in defaults": (
         """\
         defaults:
