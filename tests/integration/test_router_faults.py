@@ -1,0 +1,129 @@
+"""Backend faults through the real router: refused, hanging, failing, rejecting, restarted.
+
+The router runs as `python -m fleet.router`; the backends are the echo model-server
+stand-ins of test_router.py, each a uvicorn child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from fleet.local import free_port
+from tests.integration.test_router import Served
+
+pytestmark = pytest.mark.slow
+
+ECHO = "tests.integration.test_router:echo_backend"
+X = [{"name": "x", "type": "double", "required": True}]
+HANG_TIMEOUT_S = 0.5
+
+
+def _route(path: str, model: str, backend: str, timeout_s: float = 5.0) -> dict[str, object]:
+    return {
+        "path": path,
+        "model": model,
+        "version": 1,
+        "backend": backend,
+        "inputs": X,
+        "timeout_s": timeout_s,
+    }
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Served]]:
+    """A router in front of: a healthy backend, one that hangs, one that fails, a port
+    nothing listens on, and a backend the tests stop and start again."""
+    main = Served.asgi(ECHO).start()
+    restartable = Served.asgi(ECHO).start()
+    closed = f"http://127.0.0.1:{free_port()}"
+    config = {
+        "routes": [
+            _route("/ok", "m_ok", f"{main.url}/m_ok"),
+            _route("/hang", "hang_m", f"{main.url}/hang_m", timeout_s=HANG_TIMEOUT_S),
+            _route("/fail", "fail_m", f"{main.url}/fail_m"),
+            _route("/refused", "m_gone", closed),
+            _route("/restart", "m_restart", f"{restartable.url}/m_restart"),
+        ]
+    }
+    router = Served.router(config, tmp_path_factory.mktemp("faults") / "routes.json")
+    try:
+        router.start()
+        yield {"router": router, "restartable": restartable}
+    finally:
+        router.stop()
+        restartable.stop()
+        main.stop()
+
+
+def _post(router: Served, path: str, x: float = 1.0) -> httpx.Response:
+    return httpx.post(router.url + path, json={"x": x}, timeout=10)
+
+
+def test_refused_connection_is_503_naming_the_backend(rig: dict[str, Served]) -> None:
+    resp = _post(rig["router"], "/refused")
+    assert resp.status_code == 503
+    body = resp.json()
+    assert body["error"] == "backend_unavailable" and body["model"] == "m_gone"
+    assert "cannot connect to model server http://127.0.0.1:" in body["message"]
+    assert _post(rig["router"], "/ok").status_code == 200
+
+
+def test_backend_4xx_is_passed_on_with_its_message(rig: dict[str, Served]) -> None:
+    resp = _post(rig["router"], "/ok", x=13.0)
+    assert resp.status_code == 422
+    assert resp.json()["error"] == "backend_rejected"
+    assert "13 is out of range" in resp.json()["message"]
+
+
+def test_backend_500_is_502(rig: dict[str, Served]) -> None:
+    resp = _post(rig["router"], "/fail")
+    assert resp.status_code == 502
+    assert "answered 500" in resp.json()["message"] and "model crashed" in resp.json()["message"]
+
+
+def test_hanging_backend_is_504_and_other_routes_keep_answering(rig: dict[str, Served]) -> None:
+    url = rig["router"].url
+
+    async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        # The client would wait 10 s; the router must answer long before (the route's
+        # timeout is 0.5 s), or this raises ReadTimeout.
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            hang = [client.post("/hang", json={"x": 1.0}) for _ in range(20)]
+            ok = [client.post("/ok", json={"x": float(i + 100)}) for i in range(40)]
+            results = await asyncio.gather(*hang, *ok)
+        return list(results[:20]), list(results[20:])
+
+    hung, fine = asyncio.run(run())
+    assert {r.status_code for r in hung} == {504}
+    assert f"gave no answer in {HANG_TIMEOUT_S:g} s" in hung[0].json()["message"]
+    assert {r.status_code for r in fine} == {200}
+    assert [r.json()["predictions"][0]["record"]["x"] for r in fine] == [
+        float(i) for i in range(40)
+    ]
+
+
+def test_stopped_backend_gives_503_only_on_its_routes_and_recovers(rig: dict[str, Served]) -> None:
+    router, backend = rig["router"], rig["restartable"]
+    assert _post(router, "/restart").status_code == 200  # a pooled connection now exists
+    backend.stop()
+    try:
+        down = [_post(router, "/restart") for _ in range(3)]
+        assert {r.status_code for r in down} == {503}, [r.text for r in down]
+        assert _post(router, "/ok").status_code == 200
+    finally:
+        backend.start()
+    # The first request after the restart already succeeds: stale pooled connections
+    # to the old process are not reused.
+    assert _post(router, "/restart").status_code == 200
+
+
+def test_backend_errors_are_counted_by_kind(rig: dict[str, Served]) -> None:
+    _post(rig["router"], "/refused")
+    text = httpx.get(rig["router"].url + "/metrics", timeout=10).text
+    for kind, model in [("connect", "m_gone"), ("rejected", "m_ok"), ("status", "fail_m")]:
+        assert f'fleet_router_backend_errors_total{{kind="{kind}",model="{model}"' in text
+    assert 'route="/hang",status="504",variant="hang_m"' in text
