@@ -140,7 +140,10 @@ def create_demo_registry(
     names: list[str] = []
     for i, demo in enumerate(demo_models()):
         names.append(demo.name)
-        if client.search_model_versions(f"name='{demo.name}'"):
+        versions = client.search_model_versions(f"name='{demo.name}'")
+        if versions:
+            # A run that stopped half-way, or an older demo, may have left aliases out.
+            _ensure_aliases(client, demo.name, max(int(v.version) for v in versions))
             progress(f"  {demo.name}: already registered")
             continue
         model, x, y = demo.train(i)
@@ -167,10 +170,17 @@ def create_demo_registry(
                     pip_requirements=_requirements(),
                 )
         version = client.search_model_versions(f"name='{demo.name}'")[0].version
-        for alias in ("champion", "challenger"):
-            client.set_registered_model_alias(demo.name, alias, version)
+        _ensure_aliases(client, demo.name, int(version))
         progress(f"  {demo.name}: registered version {version}")
     return names
+
+
+def _ensure_aliases(client: Any, name: str, version: int) -> None:
+    """Point `champion` and `challenger` at `version` where they are not set (moved ones stay)."""
+    present = client.get_registered_model(name).aliases
+    for alias in ("champion", "challenger"):
+        if alias not in present:
+            client.set_registered_model_alias(name, alias, str(version))
 
 
 def _requirements() -> list[str]:
