@@ -226,3 +226,14 @@ def test_an_unreachable_server_is_one_problem_without_retries() -> None:
     assert problem.startswith(f"cannot reach the MLflow registry at http://127.0.0.1:{port}: ")
     assert "Connection refused" in problem
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the probe's setting is undone
+
+
+def test_demo_registry_puts_back_a_missing_alias(demo_uri: str, demo_home: Path) -> None:
+    client = MlflowClient(demo_uri, demo_uri)
+    client.delete_registered_model_alias("demand_forecast_1", "challenger")
+    try:
+        create_demo_registry(demo_uri, demo_home / "artifacts", progress=lambda _: None)
+        aliases = client.get_registered_model("demand_forecast_1").aliases
+    finally:
+        client.set_registered_model_alias("demand_forecast_1", "challenger", "1")
+    assert {k: int(v) for k, v in aliases.items()} == {"champion": 1, "challenger": 1}
