@@ -13,14 +13,20 @@ in as one layer that every model image shares; the bento is a second, small laye
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from fleet import image
 from fleet.hashing import FORMAT, code_manifest, digest, exported_requirements, file_digest
 from fleet.registry import LOCAL_HOME, ResolvedModel
 from fleet.serving import launch
@@ -29,7 +35,11 @@ DEFAULT_BASE_IMAGE = "model-fleet/base:bookworm"
 DEFAULT_REGISTRY = "localhost:5000/fleet"
 PORT = 3000
 UID = 10001
+DEPS_DIR = "/opt/fleet/deps"
+BENTO_DIR = "/opt/fleet/bento"
 BUILD_ROOT = LOCAL_HOME / "build"
+DEPS_IMAGE = "model-fleet/deps"
+CA_PATH = "etc/ssl/certs/ca-certificates.crt"
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ def content_hash(resolved: ResolvedModel, settings: BuildSettings) -> str:
         "base_image": settings.base_image,
         "ca_bundle": file_digest(settings.ca_bundle) if settings.ca_bundle else None,
         "python_platform": settings.python_platform,
-        "dockerfile": dockerfile(resolved, settings, bento_name="-"),
+        "image_config": image_config(resolved, []),
     }
     return digest(manifest)
 
@@ -99,44 +109,29 @@ def image_env(resolved: ResolvedModel) -> dict[str, str]:
         "BENTOML_HOME": "/tmp/bentoml",
         "BENTOML_DO_NOT_TRACK": "true",
         "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
-        "PYTHONPATH": "/opt/fleet/deps",
+        "PYTHONPATH": DEPS_DIR,
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",
     }
 
 
-def dockerfile(resolved: ResolvedModel, settings: BuildSettings, bento_name: str) -> str:
-    """The model image's Dockerfile: base, shared packages layer, bento layer, non-root."""
-    lines = [f"FROM {settings.base_image}", "COPY deps /opt/fleet/deps"]
-    if settings.ca_bundle is not None:
-        lines += [
-            "COPY ca-bundle.crt /opt/fleet/ca-bundle.crt",
-            "RUN cat /opt/fleet/ca-bundle.crt >> /etc/ssl/certs/ca-certificates.crt",
-        ]
-    lines.append("COPY bento /opt/fleet/bento")
-    env = image_env(resolved)
-    lines += [f"ENV {k}={json.dumps(v)}" for k, v in sorted(env.items())]
-    lines += [
-        f"LABEL fleet.model={json.dumps(resolved.name)} "
-        f'fleet.model-version="{resolved.version}" fleet.bento={json.dumps(bento_name)}',
-        f"USER {UID}:{UID}",
-        f"EXPOSE {PORT}",
-        "CMD "
-        + json.dumps(
-            [
-                "/usr/bin/python3",
-                "-m",
-                "bentoml",
-                "serve",
-                "/opt/fleet/bento",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(PORT),
-            ]
-        ),
-    ]
-    return "\n".join(lines) + "\n"
+def image_config(resolved: ResolvedModel, base_env: list[str]) -> dict[str, Any]:
+    """The image config: env (the base's, then ours), non-root user, port, command, labels."""
+    env = dict(e.split("=", 1) for e in base_env)
+    env.update(image_env(resolved))
+    argv = ["/usr/bin/python3", "-m", "bentoml", "serve", BENTO_DIR]
+    return {
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "User": f"{UID}:{UID}",
+        "ExposedPorts": {f"{PORT}/tcp": {}},
+        "Cmd": [*argv, "--host", "0.0.0.0", "--port", str(PORT)],
+        "WorkingDir": "/tmp",
+        "Labels": {
+            "fleet.model": resolved.name,
+            "fleet.model-version": str(resolved.version),
+            "fleet.model-uri": resolved.model_uri,
+        },
+    }
 
 
 def build_bento(resolved: ResolvedModel, tracking_uri: str, settings: BuildSettings) -> BentoResult:
@@ -146,6 +141,16 @@ def build_bento(resolved: ResolvedModel, tracking_uri: str, settings: BuildSetti
     store = launch.bentoml_home() / "bentos" / resolved.model.k8s_name / chash
     if (store / "bento.yaml").is_file():
         return BentoResult(tag, store, chash, built=False)
+    with _locked(f"bento-{resolved.model.k8s_name}-{chash}"):
+        if (store / "bento.yaml").is_file():  # built by another process meanwhile
+            return BentoResult(tag, store, chash, built=False)
+        _build_bento(resolved, tracking_uri, settings, chash, store)
+    return BentoResult(tag, store, chash, built=True)
+
+
+def _build_bento(
+    resolved: ResolvedModel, tracking_uri: str, settings: BuildSettings, chash: str, store: Path
+) -> None:
     model_tag = launch.prepare_model(resolved, tracking_uri)
     # BentoML reads the requirements file only inside the build context, by relative path.
     work = settings.project_root / "build" / "bentofiles"  # build/ is git-ignored
@@ -182,7 +187,6 @@ def build_bento(resolved: ResolvedModel, tracking_uri: str, settings: BuildSetti
     )
     if proc.returncode != 0 or not (store / "bento.yaml").is_file():
         raise BuildError(f"model '{resolved.name}': bentoml build failed:\n{proc.stderr[-3000:]}")
-    return BentoResult(tag, store, chash, built=True)
 
 
 def _includes() -> tuple[str, ...]:
@@ -199,80 +203,108 @@ def build_image(resolved: ResolvedModel, tracking_uri: str, settings: BuildSetti
     """Build the model image (bento first), unless an image with its tag already exists."""
     ref = image_ref(resolved, settings)
     chash = ref.rsplit(":", 1)[1]
-    existing = _image_id(ref)
-    if existing:
-        return ImageResult(ref, existing, chash, built=False)
+    existing = image.inspect(ref)
+    if existing is not None:
+        return ImageResult(ref, existing["Id"], chash, built=False)
+    with _locked(f"image-{resolved.model.k8s_name}-{chash}"):
+        existing = image.inspect(ref)  # built by another process meanwhile
+        if existing is not None:
+            return ImageResult(ref, existing["Id"], chash, built=False)
+        image_id = _build_image(resolved, tracking_uri, settings, ref, chash)
+    return ImageResult(ref, image_id, chash, built=True)
+
+
+def _build_image(
+    resolved: ResolvedModel, tracking_uri: str, settings: BuildSettings, ref: str, chash: str
+) -> str:
+    base = image.inspect(settings.base_image)
+    if base is None:
+        raise BuildError(f"base image {settings.base_image} is not in the engine (pull or make it)")
     bento = build_bento(resolved, tracking_uri, settings)
-    deps = _deps_dir(settings)
-    ctx = BUILD_ROOT.resolve() / "contexts" / f"{resolved.model.k8s_name}-{chash}"
-    shutil.rmtree(ctx, ignore_errors=True)
+    deps = _deps_layer(settings, base)
+    (BUILD_ROOT.resolve() / "layers").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{chash}-", dir=BUILD_ROOT.resolve() / "layers"))
     try:
-        _link_tree(deps, ctx / "deps")
-        shutil.copytree(bento.path, ctx / "bento")
-        _copy_model(launch.model_tag(resolved), ctx / "bento" / "models")
+        shutil.copytree(bento.path, work / "bento")
+        _copy_model(launch.model_tag(resolved), work / "bento" / "models")
+        files = {}
         if settings.ca_bundle is not None:
-            shutil.copyfile(settings.ca_bundle, ctx / "ca-bundle.crt")
-        (ctx / "Dockerfile").write_text(dockerfile(resolved, settings, bento.tag))
-        argv = [_docker(), "build", "--label", f"fleet.content-hash={chash}", "-t", ref, str(ctx)]
-        proc = subprocess.run(
-            argv, env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True
+            files[CA_PATH] = _base_file(settings.base_image, "/" + CA_PATH) + (
+                b"\n" + settings.ca_bundle.read_bytes()
+            )
+        layer = image.write_layer(
+            work / "layer.tar", {BENTO_DIR.lstrip("/"): work / "bento"}, files
         )
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout)[-3000:]
-            raise BuildError(f"model '{resolved.name}': docker build of {ref} failed:\n{tail}")
+        config = image_config(resolved, base["Config"].get("Env") or [])
+        config["Labels"].update({"fleet.content-hash": chash, "fleet.bento": bento.tag})
+        image_id = image.load_image(ref, base, [deps.diff_id, layer], config)
+    except image.ImageError as exc:
+        raise BuildError(f"model '{resolved.name}': {exc}") from exc
     finally:
-        shutil.rmtree(ctx, ignore_errors=True)
-    return ImageResult(ref, _image_id(ref) or "", chash, built=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return image_id
 
 
 def push_image(ref: str) -> str:
     """Push `ref` to its registry; returns the repository digest (`name@sha256:...`)."""
-    proc = subprocess.run([_docker(), "push", ref], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"docker push {ref} failed: {(proc.stderr or proc.stdout)[-2000:]}")
-    name = ref.rsplit(":", 1)[0]
-    fmt = "{{json .RepoDigests}}"
-    out = subprocess.run(
-        [_docker(), "image", "inspect", "--format", fmt, ref], capture_output=True, text=True
-    )
-    digests = [d for d in json.loads(out.stdout or "[]") if d.startswith(name + "@")]
-    if not digests:
-        raise BuildError(f"docker push {ref}: no repository digest for {name}")
-    return str(digests[0])
+    return image.push(ref)
 
 
-def _docker() -> str:
-    return os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
-
-
-def _image_id(ref: str) -> str | None:
-    proc = subprocess.run(
-        [_docker(), "image", "inspect", "--format", "{{.Id}}", ref],
-        capture_output=True,
-        text=True,
-    )
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _deps_dir(settings: BuildSettings) -> Path:
-    """The image's site-packages for the exported pins, installed once per pin set."""
+def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> image.Layer:
+    """The packages layer for the exported pins, in the engine (as `DEPS_IMAGE:<key>`)."""
     pins = exported_requirements(settings.project_root)
-    key = digest({"pins": pins, "platform": settings.python_platform})
-    target = BUILD_ROOT.resolve() / "deps" / key
-    if target.is_dir():
-        return target
-    tmp = target.with_name(key + ".tmp")
+    key = digest({"pins": pins, "platform": settings.python_platform, "base": base["Id"]})
+    root = BUILD_ROOT.resolve() / "deps" / key
+    tar, diff_file = root.with_suffix(".layer.tar"), root.with_suffix(".diffid")
+    ref = f"{DEPS_IMAGE}:{key}"
+    with _locked(f"deps-{key}"):
+        if not diff_file.is_file():
+            _install_deps(pins, root, settings.python_platform)
+            layer = image.write_layer(tar, {DEPS_DIR.lstrip("/"): root})
+            diff_file.write_text(layer.diff_id)  # last: marks the layer complete
+        layer = image.Layer(tar, diff_file.read_text().strip())
+        if image.inspect(ref) is None:
+            image.load_image(ref, base, [layer], {"Env": base["Config"].get("Env") or []})
+    return layer
+
+
+def _install_deps(pins: str, target: Path, platform: str) -> None:
+    """`uv pip install --target` of exactly the pins (from uv's cache where it can)."""
+    tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp.parent / f"{key}.txt").write_text(pins)
+    requirements = tmp.with_suffix(".txt")
+    requirements.write_text(pins)
     uv = os.environ.get("UV") or shutil.which("uv") or "uv"
-    argv = [uv, "pip", "install", "--no-deps", "--target", str(tmp), "--python-version", "3.11"]
-    argv += ["--python-platform", settings.python_platform, "-r", str(tmp.parent / f"{key}.txt")]
-    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
-    if proc.returncode != 0:
+    argv = [uv, "pip", "install", "--no-deps", "--compile-bytecode", "--target", str(tmp)]
+    argv += ["--python-version", "3.11", "--python-platform", platform, "-r", str(requirements)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not (tmp / "bentoml").is_dir():
         raise BuildError(f"installing the image's packages failed: {proc.stderr[-3000:]}")
+    shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    return target
+
+
+def _base_file(base_image: str, path: str) -> bytes:
+    """A file of the base image (its CA bundle, to extend it)."""
+    argv = [image.docker(), "run", "--rm", "--network", "none", "--entrypoint", "cat"]
+    proc = subprocess.run([*argv, base_image, path], capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"cannot read {path} from {base_image}: {proc.stderr.decode()[-500:]}")
+    return proc.stdout
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """An exclusive lock across processes: concurrent builds of one thing wait, then reuse."""
+    path = BUILD_ROOT.resolve() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _copy_model(tag: str, models_dir: Path) -> None:
@@ -281,12 +313,3 @@ def _copy_model(tag: str, models_dir: Path) -> None:
     src = launch.bentoml_home() / "models" / name / version
     shutil.copytree(src, models_dir / name / version)
     (models_dir / name / "latest").write_text(version)
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Copy a tree as hard links (no bytes copied); falls back to copying across devices."""
-    try:
-        shutil.copytree(src, dst, copy_function=os.link)
-    except OSError:
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)

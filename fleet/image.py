@@ -1,0 +1,177 @@
+"""Assemble container images without `docker build`: layer tars plus a config, `docker load`.
+
+Why not a Dockerfile: on the legacy builder every instruction (ENV, USER, CMD ...) commits
+a container, and on the vfs storage driver every commit copies the whole root
+filesystem, about a minute per instruction for a model image. Written directly, an image
+is the base image's layers, one layer of Python packages shared by every model image
+(loaded once per pin set), and one small layer with the bento; the image config carries
+env, user, port, command and labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+EPOCH = "1970-01-01T00:00:00Z"  # a fixed creation time: same inputs, same image id
+
+
+class ImageError(RuntimeError):
+    """A Docker call failed; the message has the command's output."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer tar on disk and its diff id (`sha256:` of the uncompressed tar)."""
+
+    path: Path
+    diff_id: str
+
+
+def docker() -> str:
+    """The Docker CLI: `$DOCKER`, else /usr/bin/docker, else `docker` on PATH."""
+    env = os.environ.get("DOCKER")
+    if env:
+        return env
+    return (
+        "/usr/bin/docker"
+        if Path("/usr/bin/docker").exists()
+        else shutil.which("docker") or "docker"
+    )
+
+
+def run_docker(*args: str, stdin: IO[bytes] | None = None) -> str:
+    proc = subprocess.run([docker(), *args], capture_output=True, stdin=stdin, check=False)
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).decode(errors="replace")[-2000:]
+        raise ImageError(f"docker {' '.join(args[:3])} failed: {err}")
+    return proc.stdout.decode()
+
+
+def inspect(ref: str) -> dict[str, Any] | None:
+    """`docker image inspect` of `ref`, or None when there is no such image."""
+    proc = subprocess.run(
+        [docker(), "image", "inspect", ref], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        return None
+    found: list[dict[str, Any]] = json.loads(proc.stdout)
+    return found[0] if found else None
+
+
+class _Sha256Writer:
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.raw.write(data)
+
+
+def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    # Readable by the image's non-root user, writable by nobody but root.
+    info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
+    return info
+
+
+def write_layer(out: Path, trees: dict[str, Path], files: dict[str, bytes] | None = None) -> Layer:
+    """A layer placing each directory of `trees` at its key (e.g. `opt/fleet/deps`) and each
+    of `files` (path → content); parents are created with mode 755."""
+    files = files or {}
+    targets = [*trees, *files]
+    parents = sorted(
+        {"/".join(t.split("/")[:i]) for t in targets for i in range(1, t.count("/") + 1)}
+    )
+    with out.open("wb") as raw:
+        writer = _Sha256Writer(raw)
+        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for parent in parents:
+                info = tarfile.TarInfo(parent)
+                info.type = tarfile.DIRTYPE
+                tar.addfile(_normalize(info))
+            for dest, src in sorted(trees.items()):
+                tar.add(src, arcname=dest, recursive=True, filter=_normalize)
+            for dest, content in sorted(files.items()):
+                info = tarfile.TarInfo(dest)
+                info.size = len(content)
+                tar.addfile(_normalize(info), _BytesReader(content))
+    return Layer(out, "sha256:" + writer.sha.hexdigest())
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else self.pos + size
+        chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
+        return chunk
+
+
+def load_image(
+    ref: str, base: dict[str, Any], layers: list[Layer | str], config: dict[str, Any]
+) -> str:
+    """`docker load` an image of `base`'s layers plus `layers`; returns the image id.
+
+    A layer given as a bare diff id must already be in the engine (it is referenced, not
+    sent): the engine looks layers up by chain id before it reads them from the archive.
+    """
+    diff_ids = [
+        *base["RootFS"]["Layers"],
+        *(x if isinstance(x, str) else x.diff_id for x in layers),
+    ]
+    image_config = {
+        "architecture": base.get("Architecture", "amd64"),
+        "os": base.get("Os", "linux"),
+        "created": EPOCH,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    blob = json.dumps(image_config, sort_keys=True).encode()
+    image_id = "sha256:" + hashlib.sha256(blob).hexdigest()
+    manifest = [
+        {
+            "Config": "config.json",
+            "RepoTags": [ref],
+            "Layers": [f"{d.split(':')[1]}/layer.tar" for d in diff_ids],
+        }
+    ]
+    with tempfile.TemporaryFile() as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for name, data in (
+                ("manifest.json", json.dumps(manifest).encode()),
+                ("config.json", blob),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, _BytesReader(data))
+            for layer in layers:
+                if isinstance(layer, Layer):
+                    tar.add(layer.path, arcname=f"{layer.diff_id.split(':')[1]}/layer.tar")
+        archive.seek(0)
+        run_docker("load", "--quiet", stdin=archive)
+    return image_id
+
+
+def push(ref: str) -> str:
+    """Push `ref`; returns its repository digest (`name@sha256:...`)."""
+    run_docker("push", ref)
+    info = inspect(ref) or {}
+    name = ref.rsplit(":", 1)[0]
+    digests = [d for d in info.get("RepoDigests", []) if d.startswith(name + "@")]
+    if not digests:
+        raise ImageError(f"docker push {ref}: the engine reports no repository digest")
+    return str(digests[0])
