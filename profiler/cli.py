@@ -30,16 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="MODEL", help="models to profile")
     parser.add_argument("--all", action="store_true", help="profile every model of the fleet")
     add_fleet_args(parser)
-    parser.add_argument("--backend", choices=("process", "docker"), default="process")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (10)")
-    parser.add_argument("--requests", type=int, default=None, help="valid requests instead")
-    parser.add_argument("--concurrency", type=_ints, default=(1, 4, 16), help="e.g. 1,4,16")
-    parser.add_argument("--batch-sizes", type=_ints, default=(1, 16), help="e.g. 1,16")
-    parser.add_argument("--parallel", type=int, default=2, help="models at once (2)")
-    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds (180)")
-    parser.add_argument("--interval", type=float, default=0.1, help="sampling seconds (0.1)")
-    parser.add_argument("--idle", type=float, default=2.0, help="idle seconds (2)")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_DIR, help=f"({DEFAULT_DIR})")
+    parser.add_argument(
+        "--backend",
+        choices=("process", "docker"),
+        default="process",
+        help="process: the server as local processes (default); docker: the model image",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="load (10)")
+    parser.add_argument("--requests", type=int, default=None, metavar="N", help="instead")
+    parser.add_argument("--concurrency", type=_ints, default=(1, 4, 16), metavar="1,4,16")
+    parser.add_argument("--batch-sizes", type=_ints, default=(1, 16), metavar="1,16")
+    parser.add_argument("--parallel", type=int, default=2, metavar="N", help="models at once")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, metavar="S")
+    parser.add_argument("--interval", type=float, default=0.1, metavar="S", help="sampling")
+    parser.add_argument("--idle", type=float, default=2.0, metavar="S", help="idle window")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_DIR, metavar="DIR")
     parser.add_argument("--no-cache", action="store_true", help="profile even when cached")
     parser.add_argument("--registry", default=None, help="image name prefix (docker backend)")
     parser.add_argument("--base-image", default=None, help="base image (docker backend)")
@@ -61,6 +66,10 @@ def _ints(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     if not args.names and not args.all:
         print("error: name the models to profile, or pass --all", file=sys.stderr)
+        return 2
+    bad = _bad_numbers(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     fleet = load_fleet(args.models).with_alias(args.alias)
     if args.names:
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         cache=None if args.no_cache else ProfileCache(args.cache_dir),
         progress=log,
     )
-    reports = [o.report for o in outcomes if o.report is not None and o.status != "failed"]
+    reports = [o.report for o in outcomes if o.report is not None]
     if args.json:
         print(json.dumps([r.to_dict() | {"cached": r.cached} for r in reports], indent=2))
     elif reports:
@@ -103,6 +112,19 @@ def run(args: argparse.Namespace) -> int:
             print(o.error, file=sys.stderr)
         return 1
     return 0
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    checks = {
+        "--duration": args.duration > 0,
+        "--requests": args.requests is None or args.requests > 0,
+        "--parallel": args.parallel >= 1,
+        "--ready-timeout": args.ready_timeout > 0,
+        "--interval": args.interval > 0,
+        "--idle": args.idle >= 0,
+    }
+    wrong = [name for name, ok in checks.items() if not ok]
+    return f"{', '.join(wrong)}: must be positive" if wrong else None
 
 
 def _build_settings(args: argparse.Namespace) -> BuildSettings | None:

@@ -138,7 +138,19 @@ def _ms(value: float | None) -> str:
 
 def summary_table(reports: list[Report]) -> str:
     """A fixed-width table of several reports, one row each."""
-    head = ("model", "idle", "p95", "peak", "req/s", "p50ms", "p99ms", "err", "request", "limit")
+    head = (
+        "model",
+        "idle",
+        "p95",
+        "peak",
+        "req/s",
+        "p50ms",
+        "p99ms",
+        "err",
+        "request",
+        "limit",
+        "gate",
+    )
     rows = [head]
     for rep in reports:
         m, ld, r = rep.memory, rep.load, rep.recommendation
@@ -154,6 +166,7 @@ def summary_table(reports: list[Report]) -> str:
                 str(ld.errors),
                 f"{r.request_mib}Mi",
                 f"{r.limit_mib}Mi",
+                "ok" if rep.passed else "FAILED",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
