@@ -200,9 +200,9 @@ def test_real_build_through_the_provider_then_no_work(real_image):
     assert created.outs["image"] == props["image_ref"]  # no push: deployed by tag
     assert created.outs["image_id"].startswith("sha256:")
     # The engine stores `outs`; the next `up` diffs the same inputs against them.
-    assert provider.diff(created.id_, created.outs, props).changes is False
+    assert provider.diff(created.id, created.outs, props).changes is False
     # Even if asked again (a retried update), the tag exists: no build.
-    again = provider.update(created.id_, created.outs, props).outs
+    again = provider.update(created.id, created.outs, props).outs
     assert again["built"] is False
     assert again["image_id"] == created.outs["image_id"]
 
@@ -223,4 +223,4 @@ def test_real_profile_through_the_provider(real_image):
     outs = made.outs
     assert 50 < outs["peak_mib"] < r.model.settings.memory.ceiling_mib
     assert outs["limit_mib"] >= outs["request_mib"] >= outs["p95_mib"]
-    assert provider.diff(made.id_, outs, props).changes is False
+    assert provider.diff(made.id, outs, props).changes is False
