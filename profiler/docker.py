@@ -75,19 +75,26 @@ class DockerBackend:
         image = self.image_for(resolved, tracking_uri)
         port = free_port()
         env = {"BENTOML_HOST": "127.0.0.1", "BENTOML_PORT": str(port), "PORT": str(port)}
-        argv = [self.docker, "run", "--detach", "--network", "host", "--label", LABEL]
-        argv += [f"--env={k}={v}" for k, v in env.items()]
+        create = [self.docker, "create", "--network", "host", "--label", LABEL]
+        create += [f"--env={k}={v}" for k, v in env.items()]
         inspect = [self.docker, "image", "inspect", "-f", "{{json .Config.Cmd}}", image]
         found = _docker(inspect, check=False)
         if found.returncode != 0:
             raise ProfileGateError(resolved.name, [f"no image {image}: {found.stderr.strip()}"])
         command = loopback_command(json.loads(found.stdout or "null") or [], port)
-        run = _docker([*argv, image, *command], check=False)
-        if run.returncode != 0:
+        made = _docker([*create, image, *command], check=False)
+        if made.returncode != 0:
             raise ProfileGateError(
-                resolved.name, [f"the container could not be started from {image}: {run.stderr}"]
+                resolved.name, [f"no container could be made from {image}: {made.stderr.strip()}"]
             )
-        cid = run.stdout.strip()
+        cid = made.stdout.strip()
+        started = _docker([self.docker, "start", cid], check=False)
+        if started.returncode != 0:
+            _docker([self.docker, "rm", "--force", cid], check=False)
+            raise ProfileGateError(
+                resolved.name,
+                [f"the container of {image} could not be started: {started.stderr.strip()}"],
+            )
         server = ContainerServer(self.docker, cid, f"http://127.0.0.1:{port}")
         try:
             pid = _docker([self.docker, "inspect", "-f", "{{.State.Pid}}", cid]).stdout.strip()
