@@ -20,7 +20,7 @@ from typing import Any
 
 HASH_LENGTH = 24
 # Bumped when the way images are built changes in a way the inputs below do not show.
-FORMAT = 1
+FORMAT = 2
 # The files of the `fleet` package that go into a model image (the service imports them).
 SERVICE_GLOBS = ("fleet/__init__.py", "fleet/schema.py", "fleet/serving/*.py")
 EXPORT_ARGS = (

@@ -98,7 +98,9 @@ def write_layer(out: Path, trees: dict[str, Path], files: dict[str, bytes] | Non
     with out.open("wb") as raw:
         writer = _Sha256Writer(raw)
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for parent in parents:
+            # The root itself at 755: an image made with `docker import` of a mktemp dir has
+            # a 700 root, which a non-root user cannot even traverse to /usr/bin/python3.
+            for parent in ["./", *parents]:
                 info = tarfile.TarInfo(parent)
                 info.type = tarfile.DIRTYPE
                 tar.addfile(_normalize(info))

@@ -1,0 +1,161 @@
+"""Benchmark the model server against `mlflow models serve`, side by side in one run.
+
+    uv run python -m benchmarks.serving [--duration 10] [--model NAME] [--out results.json]
+
+For one demo model: our BentoML server with batching on, with batching off, and
+`mlflow models serve` (one worker each, like one pod), each at concurrency 1, 16 and 64:
+requests/s, p50, p99, errors, and PSS of the server's process tree (idle and after load).
+One record per request, the shape of the router's traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import pss_mib, run_load
+from fleet.demo import create_demo_registry
+from fleet.registry import ResolvedModel, resolve_fleet
+from fleet.schema import random_records
+from fleet.serving.launch import prepare_model, server_command, wait_ready
+from fleet.spec import load_fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_batching(resolved: ResolvedModel, enabled: bool) -> ResolvedModel:
+    settings = resolved.model.settings
+    batching = settings.batching.model_copy(update={"enabled": enabled})
+    model = resolved.model.model_copy(
+        update={"settings": settings.model_copy(update={"batching": batching})}
+    )
+    return replace(resolved, model=model)
+
+
+def start(argv: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{argv[:4]} not ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def measure(
+    name: str, proc: subprocess.Popen[bytes], url: str, bodies: list[Any], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    run_load(url, bodies, concurrency=16, duration_s=2)  # warm-up
+    idle = pss_mib(proc.pid)
+    rows = []
+    for c in args.concurrency:
+        result = run_load(url, bodies, concurrency=c, duration_s=args.duration)
+        rows.append({"server": name, **result.row(), "statuses": result.statuses})
+        print(json.dumps(rows[-1]), flush=True)
+    after = pss_mib(proc.pid)
+    for row in rows:
+        row.update(pss_idle_mib=round(idle, 1), pss_after_mib=round(after, 1))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="match_probability_1_TAXI_trafficaware")
+    parser.add_argument("--tracking-uri", default=None, help="default: a fresh demo registry")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    os.environ.setdefault("BENTOML_HOME", str(work / "bentoml"))
+    uri = args.tracking_uri
+    if uri is None:
+        uri = f"sqlite:///{work / 'mlflow.db'}"
+        create_demo_registry(uri, work / "artifacts", progress=lambda _: None)
+    fleet = load_fleet(ROOT / "models.yaml").only([args.model])
+    resolved = resolve_fleet(fleet, uri)[0]
+    tag = prepare_model(resolved, uri)
+    records = random_records(resolved.inputs, 500, seed=0)
+    rows: list[dict[str, Any]] = []
+
+    for enabled in (True, False):
+        port = free_port()
+        argv, env = server_command(with_batching(resolved, enabled), port, bento_model_tag=tag)
+        proc = start(argv, env, f"http://127.0.0.1:{port}/readyz")
+        try:
+            wait_ready(f"http://127.0.0.1:{port}")
+            name = f"fleet BentoML, batching {'on' if enabled else 'off'}"
+            bodies = [{"records": [r]} for r in records]
+            rows += measure(name, proc, f"http://127.0.0.1:{port}/predict", bodies, args)
+        finally:
+            stop(proc)
+
+    port = free_port()
+    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+    argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
+    argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    proc = start(argv, {"MLFLOW_TRACKING_URI": uri}, f"http://127.0.0.1:{port}/ping")
+    try:
+        bodies = [{"dataframe_records": [r]} for r in records]
+        rows += measure(
+            "mlflow models serve", proc, f"http://127.0.0.1:{port}/invocations", bodies, args
+        )
+    finally:
+        stop(proc)
+
+    print_table(rows)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("\n| server | c | req/s | p50 ms | p99 ms | errors | PSS idle / after MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['server']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['errors']} | {r['pss_idle_mib']} / {r['pss_after_mib']} |"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
