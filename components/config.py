@@ -108,6 +108,9 @@ def load_stack_config() -> StackConfig:
     remote = tracking_uri.startswith(("http://", "https://", "databricks"))
     ingress: dict[str, Any] = cfg.get_object("ingress") or {}
     router: dict[str, Any] = cfg.get_object("router") or {}
+    requests = cfg.get_int("profileRequests", 200)
+    if requests < 1:
+        raise ValueError(f"fleet:profileRequests must be at least 1 (got {requests})")
     return StackConfig(
         stack=pulumi.get_stack(),
         namespace=cfg.get("namespace") or NAMESPACE,
@@ -132,7 +135,7 @@ def load_stack_config() -> StackConfig:
         registry_auth=auth,
         # A remote tracking server needs the token; a local sqlite registry has none.
         mlflow_token=cfg.require_secret("mlflowToken") if remote else cfg.get_secret("mlflowToken"),
-        profile_requests=cfg.get_int("profileRequests", 200),
+        profile_requests=requests,
         extra_labels=dict(cfg.get_object("labels") or {}),
     )
 

@@ -1,0 +1,68 @@
+"""Stack config is read in one place into one typed object; errors name the key."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from components.config import StackConfig, load_stack_config
+from tests.graph.harness import FleetMocks
+
+BASE = {
+    "fleet:trackingUri": "sqlite:///.fleet/mlflow.db",
+    "fleet:registry": "localhost:5000/fleet",
+    "fleet:router": json.dumps({"image": "localhost:5000/fleet/router:dev"}),
+    "fleet:ingress": json.dumps({"host": "fleet.localtest.me"}),
+}
+
+
+def read(config: dict[str, str], secret_keys: list[str] | None = None) -> StackConfig:
+    pulumi.runtime.set_mocks(FleetMocks(), project="model-fleet", stack="dev", preview=True)
+    pulumi.runtime.set_all_config(config, secret_keys or [])
+    return load_stack_config()
+
+
+def test_defaults_live_in_one_place():
+    cfg = read(BASE)
+    assert cfg.stack == "dev"
+    assert (cfg.namespace, cfg.models_file, cfg.alias) == ("fleet", "models.yaml", None)
+    assert cfg.push is True and cfg.profile_requests == 200
+    assert (cfg.router.replicas, cfg.router.cpu, cfg.router.memory_mib) == (2, "250m", 256)
+    assert (cfg.ingress.class_name, cfg.ingress.tls_secret) == ("nginx", None)
+    assert cfg.registry_auth is None and cfg.mlflow_token is None
+
+
+def test_explicit_false_is_kept_and_a_bad_count_is_refused():
+    cfg = read({**BASE, "fleet:push": "false", "fleet:profileRequests": "20"})
+    assert cfg.push is False and cfg.profile_requests == 20
+    with pytest.raises(ValueError, match="fleet:profileRequests"):
+        read({**BASE, "fleet:profileRequests": "0"})
+
+
+def test_registry_user_needs_the_secret_password():
+    with pytest.raises(pulumi.ConfigMissingError, match="fleet:registryPassword"):
+        read({**BASE, "fleet:registryUsername": "ci"})
+    cfg = read(
+        {**BASE, "fleet:registryUsername": "ci", "fleet:registryPassword": "pw"},
+        ["fleet:registryPassword"],
+    )
+    assert cfg.registry_auth is not None and cfg.registry_auth.server == "localhost:5000"
+
+
+def test_remote_mlflow_needs_the_token():
+    remote = {**BASE, "fleet:trackingUri": "https://mlflow.example.com"}
+    with pytest.raises(pulumi.ConfigMissingError, match="fleet:mlflowToken"):
+        read(remote)
+
+
+@pytest.mark.parametrize("key", ["fleet:registry", "fleet:trackingUri"])
+def test_missing_required_key_is_named(key):
+    with pytest.raises(pulumi.ConfigMissingError, match=key):
+        read({k: v for k, v in BASE.items() if k != key})
+
+
+def test_missing_nested_key_is_named():
+    with pytest.raises(pulumi.ConfigMissingError, match=r"fleet:router\.image"):
+        read({**BASE, "fleet:router": json.dumps({"replicas": 3})})
