@@ -208,6 +208,7 @@ def test_real_build_through_the_provider_then_no_work(real_image):
 
 
 @needs_docker
+@pytest.mark.slow  # starts the model server in a container (minutes on two busy cores)
 def test_real_profile_through_the_provider(real_image):
     r, _, created = real_image
     props = profile_inputs(
