@@ -5,31 +5,42 @@ version, run id), the service code, the pinned requirements exported from uv.loc
 base image and the build settings. The bento's version and the image's tag are that
 hash, so a bento or image that exists under it needs no build.
 
-The image is built with the Docker CLI (legacy builder; works on old engines and vfs):
-its Python packages are installed on the host from the exported pins with
-`uv pip install --target` (from uv's cache, no network inside `docker build`) and copied
-in as one layer that every model image shares; the bento is a second, small layer.
+The image is assembled from layers and loaded with `docker load` (`fleet.image` says
+why not `docker build`): its Python packages are installed on the host from the
+exported pins with `uv pip install --target` (from uv's cache; nothing is downloaded
+inside the image) into one layer that every model image shares; the bento with its
+model is a second, small layer. The base image's Python (/usr/bin/python3) runs them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fleet import image
+from fleet.bento import BentoResult, BuildError, copy_model, locked, make_bento
 from fleet.hashing import FORMAT, code_manifest, digest, exported_requirements, file_digest
 from fleet.registry import LOCAL_HOME, ResolvedModel
 from fleet.serving import launch
+
+__all__ = [
+    "BentoResult",
+    "BuildError",
+    "BuildSettings",
+    "ImageResult",
+    "build_bento",
+    "build_image",
+    "content_hash",
+    "image_config",
+    "image_env",
+    "image_ref",
+    "push_image",
+]
 
 DEFAULT_BASE_IMAGE = "model-fleet/base:bookworm"
 DEFAULT_REGISTRY = "localhost:5000/fleet"
@@ -56,16 +67,6 @@ class BuildSettings:
     """Platform the image's wheels are installed for (bookworm's glibc is 2.36)."""
     project_root: Path = field(default=Path(__file__).resolve().parent.parent, compare=False)
     """Where uv.lock and the `fleet` sources are read from (a copy in tests)."""
-
-
-@dataclass(frozen=True)
-class BentoResult:
-    """A bento in the BentoML store and whether this call built it."""
-
-    tag: str
-    path: Path
-    content_hash: str
-    built: bool
 
 
 @dataclass(frozen=True)
@@ -137,66 +138,7 @@ def image_config(resolved: ResolvedModel, base_env: list[str]) -> dict[str, Any]
 def build_bento(resolved: ResolvedModel, tracking_uri: str, settings: BuildSettings) -> BentoResult:
     """Import the model and build its bento, versioned by content hash; cached by it."""
     chash = content_hash(resolved, settings)
-    tag = f"{resolved.model.k8s_name}:{chash}"
-    store = launch.bentoml_home() / "bentos" / resolved.model.k8s_name / chash
-    if (store / "bento.yaml").is_file():
-        return BentoResult(tag, store, chash, built=False)
-    with _locked(f"bento-{resolved.model.k8s_name}-{chash}"):
-        if (store / "bento.yaml").is_file():  # built by another process meanwhile
-            return BentoResult(tag, store, chash, built=False)
-        _build_bento(resolved, tracking_uri, settings, chash, store)
-    return BentoResult(tag, store, chash, built=True)
-
-
-def _build_bento(
-    resolved: ResolvedModel, tracking_uri: str, settings: BuildSettings, chash: str, store: Path
-) -> None:
-    model_tag = launch.prepare_model(resolved, tracking_uri)
-    # BentoML reads the requirements file only inside the build context, by relative path.
-    work = settings.project_root / "build" / "bentofiles"  # build/ is git-ignored
-    work.mkdir(parents=True, exist_ok=True)
-    requirements = work / f"{chash}.requirements.txt"
-    requirements.write_text(exported_requirements(settings.project_root))
-    bentofile = work / f"{chash}.bentofile.yaml"
-    bentofile.write_text(
-        json.dumps(
-            {
-                "service": launch.SERVICE,
-                "name": resolved.model.k8s_name,
-                "labels": {
-                    "fleet.content-hash": chash,
-                    "fleet.model": resolved.model.k8s_name,
-                    "fleet.model-version": str(resolved.version),
-                },
-                "include": list(_includes()),
-                "python": {
-                    "requirements_txt": str(requirements.relative_to(settings.project_root)),
-                    "lock_packages": False,
-                },
-                "models": [model_tag],
-            }
-        )
-    )
-    # A subprocess: the service module reads its model from the environment at import.
-    argv = [sys.executable, "-m", "bentoml", "build", str(settings.project_root)]
-    argv += ["-f", str(bentofile), "--version", chash, "-o", "tag"]
-    env = {**os.environ, **launch.server_config(resolved, model_tag).to_env()}
-    env.update(launch.server_env())
-    proc = subprocess.run(
-        argv, env=env, cwd=settings.project_root, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0 or not (store / "bento.yaml").is_file():
-        raise BuildError(f"model '{resolved.name}': bentoml build failed:\n{proc.stderr[-3000:]}")
-
-
-def _includes() -> tuple[str, ...]:
-    from fleet.hashing import SERVICE_GLOBS
-
-    return SERVICE_GLOBS
-
-
-class BuildError(RuntimeError):
-    """A bento or image build failed; the message names the model."""
+    return make_bento(resolved, tracking_uri, settings.project_root, chash)
 
 
 def build_image(resolved: ResolvedModel, tracking_uri: str, settings: BuildSettings) -> ImageResult:
@@ -206,7 +148,7 @@ def build_image(resolved: ResolvedModel, tracking_uri: str, settings: BuildSetti
     existing = image.inspect(ref)
     if existing is not None:
         return ImageResult(ref, existing["Id"], chash, built=False)
-    with _locked(f"image-{resolved.model.k8s_name}-{chash}"):
+    with locked(f"image-{resolved.model.k8s_name}-{chash}"):
         existing = image.inspect(ref)  # built by another process meanwhile
         if existing is not None:
             return ImageResult(ref, existing["Id"], chash, built=False)
@@ -226,7 +168,7 @@ def _build_image(
     work = Path(tempfile.mkdtemp(prefix=f"{chash}-", dir=BUILD_ROOT.resolve() / "layers"))
     try:
         shutil.copytree(bento.path, work / "bento")
-        _copy_model(launch.model_tag(resolved), work / "bento" / "models")
+        copy_model(launch.model_tag(resolved), work / "bento" / "models")
         files = {}
         if settings.ca_bundle is not None:
             files[CA_PATH] = _base_file(settings.base_image, "/" + CA_PATH) + (
@@ -257,7 +199,7 @@ def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> image.Layer:
     root = BUILD_ROOT.resolve() / "deps" / key
     tar, diff_file = root.with_suffix(".layer.tar"), root.with_suffix(".diffid")
     ref = f"{DEPS_IMAGE}:{key}"
-    with _locked(f"deps-{key}"):
+    with locked(f"deps-{key}"):
         if not diff_file.is_file():
             _install_deps(pins, root, settings.python_platform)
             layer = image.write_layer(tar, {DEPS_DIR.lstrip("/"): root})
@@ -292,24 +234,3 @@ def _base_file(base_image: str, path: str) -> bytes:
     if proc.returncode != 0:
         raise BuildError(f"cannot read {path} from {base_image}: {proc.stderr.decode()[-500:]}")
     return proc.stdout
-
-
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    """An exclusive lock across processes: concurrent builds of one thing wait, then reuse."""
-    path = BUILD_ROOT.resolve() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _copy_model(tag: str, models_dir: Path) -> None:
-    """The imported model into the bento's own model store (`bentoml serve <bento>` reads it)."""
-    name, version = tag.split(":")
-    src = launch.bentoml_home() / "models" / name / version
-    shutil.copytree(src, models_dir / name / version)
-    (models_dir / name / "latest").write_text(version)
