@@ -7,6 +7,7 @@ import runpy
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from tests.graph import checks
@@ -33,13 +34,19 @@ def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
         "fleet:ingress": json.dumps({"host": "models.example.com", "tlsSecret": "models-tls"}),
     }
     secret = ["fleet:registryPassword", "fleet:mlflowToken"]
-    cap = run_program(
-        lambda: runpy.run_path(str(ROOT / "__main__.py")),
-        stack="staging",
-        config=config,
-        secret_keys=secret,
-    )
-    return cap, cap.result
+    exports: dict[str, Any] = {}
+    real_export = pulumi.export
+    pulumi.export = exports.__setitem__  # what `pulumi stack output` would list
+    try:
+        cap = run_program(
+            lambda: runpy.run_path(str(ROOT / "__main__.py")),
+            stack="staging",
+            config=config,
+            secret_keys=secret,
+        )
+    finally:
+        pulumi.export = real_export
+    return cap, {**cap.result, "exports": exports}
 
 
 def test_every_demo_model_has_exactly_its_children(demo_run):
@@ -103,3 +110,15 @@ def test_namespace_enforces_restricted(demo_run):
     ns = cap.named("platform-namespace").k8s_object()
     assert ns["metadata"]["name"] == NAMESPACE
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_outputs_name_the_router_and_every_model(demo_run):
+    _, program = demo_run
+    exports = program["exports"]
+    assert exports["router_url"] == "https://models.example.com"
+    assert exports["namespace"] == NAMESPACE
+    models = exports["models"]
+    assert sorted(models) == sorted(r.name for r in program["models"])
+    for r in program["models"]:
+        assert models[r.name]["version"] == r.version
+        assert set(models[r.name]) == {"version", "image", "memory_request_mib"}

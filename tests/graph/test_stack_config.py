@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pulumi
 import pytest
+import yaml
 
 from components.config import StackConfig, load_stack_config
 from tests.graph.harness import FleetMocks
 
+ROOT = Path(__file__).resolve().parents[2]
 BASE = {
     "fleet:trackingUri": "sqlite:///.fleet/mlflow.db",
     "fleet:registry": "localhost:5000/fleet",
@@ -66,3 +69,22 @@ def test_missing_required_key_is_named(key):
 def test_missing_nested_key_is_named():
     with pytest.raises(pulumi.ConfigMissingError, match=r"fleet:router\.image"):
         read({**BASE, "fleet:router": json.dumps({"replicas": 3})})
+
+
+@pytest.mark.parametrize(
+    ("stack", "alias", "secrets"),
+    [
+        ("dev", None, {}),
+        ("staging", "challenger", {"registryPassword": "pw", "mlflowToken": "t"}),
+        ("production", "champion", {"registryPassword": "pw", "mlflowToken": "t"}),
+    ],
+)
+def test_stack_files_hold_what_the_program_reads(stack, alias, secrets):
+    """Each Pulumi.<stack>.yaml, as the engine would hand it over (secrets set apart)."""
+    data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    config.update({f"fleet:{k}": v for k, v in secrets.items()})
+    cfg = read(config, [f"fleet:{k}" for k in secrets])
+    assert cfg.alias == alias
+    assert (cfg.registry_auth is None) == (stack == "dev")
+    assert cfg.ingress.host and cfg.router.image
