@@ -1,6 +1,6 @@
 """The profile run end to end against a stand-in model server (real processes, real HTTP).
 
-The stand-in is tests/unit/test_profiler_stub.py run as a script: a small HTTP server
+The stand-in is tests/integration/test_profiler_stub.py run as a script: a small HTTP server
 that speaks the model server's API (contract 1), validates records with fleet.schema,
 holds a configurable ballast of memory, and can be told to fail predictions, accept
 anything, or never be ready. The real BentoML server is profiled in
@@ -23,7 +23,7 @@ from fleet.spec import MemoryPolicy, Model, Settings
 from profiler import LoadPlan, ProfileCache, ProfileGateError, ProfileOptions, profile
 from profiler.backends import ProcessBackend
 from profiler.fleet import profile_fleet
-from tests.unit.test_profiler_stub import COLUMNS as STUB_COLUMNS
+from tests.integration.test_profiler_stub import COLUMNS as STUB_COLUMNS
 
 STUB = Path(__file__).with_name("test_profiler_stub.py")
 COLUMNS = [Column.from_dict(c) for c in STUB_COLUMNS]
