@@ -132,7 +132,10 @@ def main() -> int:
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
     argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
     argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    proc = start(argv, {"MLFLOW_TRACKING_URI": uri}, f"http://127.0.0.1:{port}/ping")
+    # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {"MLFLOW_TRACKING_URI": uri, "PATH": path}
+    proc = start(argv, env, f"http://127.0.0.1:{port}/ping")
     try:
         bodies = [{"dataframe_records": [r]} for r in records]
         rows += measure(
