@@ -33,6 +33,7 @@ from fleet.routes import RouterLimits
 from fleet.schema import random_records
 
 log = logging.getLogger("fleet.router")
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 VARIANT_KEY = "fleet.variant"
 _JSON = "application/json"
 
@@ -113,8 +114,8 @@ class ModelRoute(APIRoute):
         self._handler = handler
         super().__init__(path, endpoint, **kw)
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler: Callable[[Request], Coroutine[Any, Any, Response]] = self._handler
+    def get_route_handler(self) -> Handler:
+        handler: Handler = self._handler
         return handler
 
 

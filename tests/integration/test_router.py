@@ -124,7 +124,9 @@ async def echo_backend(scope: Any, receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     model = scope["path"].strip("/").split("/")[0]
     status, out = 200, b""
-    if model.startswith("hang"):
+    if scope["method"] != "POST":
+        out = b'{"status": "ok"}'  # a probe
+    elif model.startswith("hang"):
         await asyncio.sleep(3600)
     elif model.startswith("fail"):
         status, out = 500, b'{"detail": "model crashed"}'
@@ -134,7 +136,7 @@ async def echo_backend(scope: Any, receive: Any, send: Any) -> None:
             status, out = 422, json.dumps({"detail": "records.0.x: 13 is out of range"}).encode()
         else:
             out = json.dumps([{"model": model, "record": r} for r in records]).encode()
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": out})
 

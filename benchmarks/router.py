@@ -1,0 +1,337 @@
+"""The router's cost per hop: a model server called directly, through nginx, through the router.
+
+    uv run python -m benchmarks.router [--tracking-uri URI] [--model NAME]
+        [--backend bentoml|echo] [--concurrency 1 16 64] [--seconds 8] [--rounds 3]
+
+One model server (the real BentoML server of `fleet.serving`, or with `--backend echo` a
+trivial uvicorn app that isolates the proxies' own cost), and in front of it:
+- nginx (Debian's), 1 worker, upstream keepalive: a reference proxy hop;
+- the router (`python -m fleet.router`, uvicorn, 1 worker) with one route to it.
+The same lean load loop (`Load`: one-record requests from `concurrency` keep-alive
+clients) measures each, interleaved, for `rounds` rounds at each
+concurrency; the table shows medians over rounds, and router/direct ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+
+from fleet.local import free_port
+from fleet.registry import ResolvedModel, default_tracking_uri, resolve_fleet
+from fleet.routes import build_routes_config
+from fleet.schema import random_records
+from fleet.spec import load_fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = "/usr/sbin/nginx"
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  upstream model {{ server 127.0.0.1:{backend}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://model;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+ECHO_APP = "tests.integration.test_router:echo_backend"
+
+
+class Load:
+    """A lean HTTP/1.1 load loop: one keep-alive connection per client, requests
+    pre-encoded, so that on a 2-core machine the client takes as little CPU as possible
+    from the servers it measures (an httpx client costs about 1 ms of CPU per request).
+    """
+
+    def __init__(self, url: str, bodies: list[Any]) -> None:
+        u = httpx.URL(url)
+        self.host, self.port = u.host, u.port or 80
+        self.requests = [
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (u.raw_path, u.host.encode(), len(b), b)
+            for b in (json.dumps(body).encode() for body in bodies)
+        ]
+
+    async def _client(self, deadline: float, lat: list[float], errors: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        i = 0
+        try:
+            while time.perf_counter() < deadline:
+                req = self.requests[i % len(self.requests)]
+                i += 1
+                t0 = time.perf_counter()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = -1
+                chunked = False
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value)
+                    elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                        chunked = True
+                if chunked:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                        await reader.readexactly(size + 2)
+                        if size == 0:
+                            break
+                elif length >= 0:
+                    await reader.readexactly(length)
+                if status == 200:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors.append(status)
+        finally:
+            writer.close()
+
+    def run(self, concurrency: int, seconds: float) -> Result:
+        async def go() -> Result:
+            lat: list[float] = []
+            errors: list[int] = []
+            start = time.perf_counter()
+            await asyncio.gather(
+                *(self._client(start + seconds, lat, errors) for _ in range(concurrency))
+            )
+            elapsed = time.perf_counter() - start
+            ms = sorted(x * 1000 for x in lat)
+            return Result(
+                rps=len(ms) / elapsed,
+                p50_ms=ms[len(ms) // 2] if ms else float("nan"),
+                p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else float("nan"),
+                errors=len(errors),
+            )
+
+        return uvloop.run(go())
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measurement."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@contextmanager
+def child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process in its own session, stopped (with its children) on exit."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not answering after {timeout_s} s")
+
+
+def start_backend(stack: ExitStack, args: argparse.Namespace) -> tuple[ResolvedModel, str, str]:
+    """(resolved model, base URL, description) of the model server under test."""
+    fleet = load_fleet(ROOT / "models.yaml").only([args.model])
+    resolved = resolve_fleet(fleet, args.tracking_uri or default_tracking_uri())[0]
+    port = free_port()
+    if args.backend == "echo":
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            ECHO_APP,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        proc = stack.enter_context(child(argv))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/", proc)
+        # The echo app takes the model name from the first path segment.
+        return resolved, f"{url}/{resolved.name}", "echo (uvicorn, trivial ASGI app)"
+    from fleet.serving.launch import prepare_model, server_command
+
+    tag = prepare_model(resolved, args.tracking_uri or default_tracking_uri())
+    argv, env = server_command(resolved, port, bento_model_tag=tag)
+    proc = stack.enter_context(child(argv, env))
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/readyz", proc)
+    batching = resolved.model.settings.batching
+    what = (
+        f"BentoML model server, {resolved.name} (batching {batching.enabled}, "
+        f"max {batching.max_batch_size}, {batching.max_latency_ms} ms)"
+    )
+    return resolved, url, what
+
+
+def start_nginx(stack: ExitStack, backend_url: str) -> str:
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nginx-")))
+    backend = httpx.URL(backend_url)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, backend=backend.port, port=port))
+    proc = stack.enter_context(child([NGINX, "-c", str(conf), "-p", str(tmp)]))
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/", proc, timeout_s=20)
+    return url + backend.raw_path.decode().rstrip("/")
+
+
+def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) -> str:
+    fleet = load_fleet(ROOT / "models.yaml").only([resolved.name])
+    config = build_routes_config(fleet, [resolved], lambda _: backend_url)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="router-")))
+    (tmp / "routes.json").write_text(json.dumps(config))
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "fleet.router",
+        "--config",
+        str(tmp / "routes.json"),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = stack.enter_context(child(argv))
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/readyz", proc, timeout_s=60)
+    return url + resolved.model.route
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    with ExitStack() as stack:
+        resolved, backend, what = start_backend(stack, args)
+        nginx = start_nginx(stack, backend)
+        router = start_router(stack, resolved, backend)
+        records = random_records(resolved.inputs, 200, seed=0)
+        wrapped = [{"records": [r]} for r in records]
+        targets = {
+            "direct": Load(backend + "/predict", wrapped),
+            "nginx": Load(nginx + "/predict", wrapped),
+            "router": Load(router, records),
+        }
+        results: dict[int, dict[str, list[Result]]] = {}
+        for c in args.concurrency:
+            results[c] = {name: [] for name in targets}
+            for load in targets.values():  # warm up every pool
+                load.run(c, 1.0)
+            for _ in range(args.rounds):
+                for name, load in targets.items():
+                    res = load.run(c, args.seconds)
+                    results[c][name].append(res)
+                    print(
+                        f"c={c:<3} {name:<7} {res.rps:8.1f} req/s  p50 {res.p50_ms:7.2f} ms  "
+                        f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}",
+                        file=sys.stderr,
+                    )
+    return {"backend": what, "results": results}
+
+
+def table(data: dict[str, Any]) -> str:
+    med = statistics.median
+    lines = [
+        f"Backend: {data['backend']}",
+        "",
+        "| c | direct req/s | nginx req/s | router req/s | router/direct | "
+        "direct p50 | nginx p50 | router p50 | router - direct p50 | "
+        "direct p99 | nginx p99 | router p99 | errors d/n/r |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c, by in data["results"].items():
+        rps = {k: med(r.rps for r in v) for k, v in by.items()}
+        p50 = {k: med(r.p50_ms for r in v) for k, v in by.items()}
+        p99 = {k: med(r.p99_ms for r in v) for k, v in by.items()}
+        errs = "/".join(str(sum(r.errors for r in by[k])) for k in ("direct", "nginx", "router"))
+        lines.append(
+            f"| {c} | {rps['direct']:.0f} | {rps['nginx']:.0f} | {rps['router']:.0f} | "
+            f"{rps['router'] / rps['direct']:.0%} | {p50['direct']:.2f} ms | "
+            f"{p50['nginx']:.2f} ms | {p50['router']:.2f} ms | "
+            f"{p50['router'] - p50['direct']:+.2f} ms | {p99['direct']:.1f} ms | "
+            f"{p99['nginx']:.1f} ms | {p99['router']:.1f} ms | {errs} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tracking-uri", default=None, help="registry holding the demo models")
+    parser.add_argument("--model", default="match_probability_1_TAXI_trafficaware")
+    parser.add_argument("--backend", choices=["bentoml", "echo"], default="bentoml")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not shutil.which(NGINX):
+        sys.exit(f"{NGINX} not found (apt-get install nginx-light)")
+    started = time.time()
+    data = measure(args)
+    print(table(data))
+    load = os.getloadavg()
+    print(
+        f"\n{time.time() - started:.0f} s; load average at the end {load[0]:.1f}; "
+        f"{os.cpu_count()} CPUs"
+    )
+
+
+if __name__ == "__main__":
+    main()
