@@ -34,8 +34,8 @@ class IngressConfig:
 class RouterConfig:
     """The router's own Deployment."""
 
-    image: str
-    """Router image reference (built by CI from the same uv.lock as the model images)."""
+    image: str | None = None
+    """A prebuilt router image; unset (the default) builds it like the model images."""
     replicas: int = 2
     """Router pods."""
     cpu: str = "250m"
@@ -122,7 +122,7 @@ def load_stack_config() -> StackConfig:
         ca_bundle=cfg.get("caBundle"),
         push=cfg.get_bool("push", True),
         router=RouterConfig(
-            image=_required(router, "image", "router"),
+            image=router.get("image"),
             replicas=int(router.get("replicas", 2)),
             cpu=str(router.get("cpu", "250m")),
             memory_mib=int(router.get("memoryMib", 256)),

@@ -11,9 +11,12 @@ import pulumi_kubernetes as k8s
 
 from components.config import IngressConfig
 from components.manifests import backend_url
+from components.pod import Text
+from components.router_image import RouterImage, RouterImageArgs
 from components.router_manifests import (
     RouterObjects,
     checksum,
+    image_version,
     models_network_policy,
     router_deployment,
     router_ingress,
@@ -23,6 +26,7 @@ from components.router_manifests import (
     routes_configmap,
     routes_json,
 )
+from fleet.build import BuildSettings
 from fleet.registry import ResolvedModel
 from fleet.routes import build_routes_config
 from fleet.spec import Fleet
@@ -38,10 +42,14 @@ class RouterArgs:
     """The resolved models it routes to (versions and signatures)."""
     namespace: str
     """Namespace of the router and the model Services."""
-    image: str
-    """Router image."""
     ingress: IngressConfig
     """Ingress class, host and TLS Secret."""
+    build: BuildSettings | None = None
+    """Build the router image with these settings (the model images' ones)..."""
+    image: str | None = None
+    """... or run this prebuilt router image instead."""
+    push: bool = True
+    """Push the built image and deploy it by digest."""
     replicas: int = 2
     """Router pods."""
     cpu: str = "250m"
@@ -70,9 +78,18 @@ class Router(pulumi.ComponentResource):
         self.config = build_routes_config(
             args.fleet, args.models, lambda r: backend_url(r.model.k8s_name, ns)
         )
+        image: Text
+        if args.image is not None:
+            image, version = args.image, image_version(args.image)
+        elif args.build is not None:
+            built = RouterImage(f"{name}-image", RouterImageArgs(args.build, args.push), child)
+            image, version = built.image, built.planned_hash[:12]
+        else:
+            raise ValueError(f"router '{name}': give a router image or build settings")
         objects = RouterObjects(
             namespace=ns,
-            image=args.image,
+            image=image,
+            version=version,
             routes_json=routes_json(self.config),
             ingress=args.ingress,
             replicas=args.replicas,

@@ -14,6 +14,7 @@ from components.pod import (
     ANNOTATION,
     PART_OF,
     PodParams,
+    Text,
     deployment_spec,
     labels,
     mib,
@@ -35,8 +36,10 @@ class RouterObjects:
 
     namespace: str
     """Namespace the router runs in (the models' namespace)."""
-    image: str
-    """Router image."""
+    image: Text
+    """Router image, by digest where known."""
+    version: str
+    """Router version for the `app.kubernetes.io/version` label (its image's tag or hash)."""
     routes_json: str
     """The routes config, serialised (`fleet.routes.build_routes_config`)."""
     ingress: IngressConfig
@@ -77,7 +80,7 @@ def image_version(image: str) -> str:
 
 
 def router_labels(r: RouterObjects) -> dict[str, str]:
-    return labels(ROUTER_COMPONENT, ROUTER_NAME, "router", image_version(r.image), r.extra_labels)
+    return labels(ROUTER_COMPONENT, ROUTER_NAME, "router", label_value(r.version), r.extra_labels)
 
 
 def _metadata(r: RouterObjects, name: str = ROUTER_NAME) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def router_deployment(r: RouterObjects) -> dict[str, Any]:
             cpu=r.cpu,
             memory_request=mib(r.memory_mib),
             memory_limit=mib(r.memory_mib),
-            command=["python3", "-m", "fleet.router"],
+            command=["/usr/bin/python3", "-m", "fleet.router"],
             args=[
                 "--config",
                 f"{CONFIG_DIR}/{CONFIG_FILE}",

@@ -19,6 +19,7 @@ from pulumi.runtime.mocks import MockMonitor
 
 IMAGE_TYPE = "pulumi-python:dynamic/fleet:ModelImage"
 PROFILE_TYPE = "pulumi-python:dynamic/fleet:MemoryProfile"
+ROUTER_IMAGE_TYPE = "pulumi-python:dynamic/fleet:RouterImage"
 SECRET_INPUTS = ("registry_password", "mlflow_token")
 
 
@@ -84,7 +85,7 @@ class FleetMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.inputs[(args.typ, args.name)] = dict(args.inputs)
         outs = dict(args.inputs)
-        if args.typ == IMAGE_TYPE:
+        if args.typ in (IMAGE_TYPE, ROUTER_IMAGE_TYPE):
             outs = {k: v for k, v in outs.items() if k not in SECRET_INPUTS}
             digest = fake_digest(outs["content_hash"])
             repo = outs["image_ref"].rsplit(":", 1)[0]

@@ -30,7 +30,7 @@ def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
         "fleet:registryUsername": "model-fleet-ci",
         "fleet:registryPassword": PASSWORD,
         "fleet:mlflowToken": TOKEN,
-        "fleet:router": json.dumps({"image": "registry.example.com/model-fleet/router:0.1.0"}),
+        "fleet:router": json.dumps({"replicas": 2}),  # no image: the program builds it
         "fleet:ingress": json.dumps({"host": "models.example.com", "tlsSecret": "models-tls"}),
     }
     secret = ["fleet:registryPassword", "fleet:mlflowToken"]
@@ -58,6 +58,7 @@ def test_every_demo_model_has_exactly_its_children(demo_run):
     assert roots <= {checks.SERVICE_TYPE, checks.ROUTER_TYPE, "fleet:index:Platform"}
     router = cap.named("router")
     assert {c.name for c in cap.children(router)} == {
+        "router-image",
         "router-routes",
         "router-deployment",
         "router-service",
@@ -122,3 +123,14 @@ def test_outputs_name_the_router_and_every_model(demo_run):
     for r in program["models"]:
         assert models[r.name]["version"] == r.version
         assert set(models[r.name]) == {"version", "image", "memory_request_mib"}
+
+
+def test_router_runs_the_image_it_built(demo_run):
+    cap, _ = demo_run
+    built = cap.named("router-image")
+    assert built.inputs["image_ref"].startswith("registry.example.com/model-fleet/fleet-router:")
+    dep = cap.named("router-deployment").k8s_object()
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == built.outputs["image"] and "@sha256:" in container["image"]
+    version = dep["metadata"]["labels"]["app.kubernetes.io/version"]
+    assert built.inputs["content_hash"].startswith(version)

@@ -9,13 +9,17 @@ same content hash (that is the cache working).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dill
+import httpx
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
@@ -34,7 +38,9 @@ from components.profile import (
     rederive,
 )
 from components.resolved import resolved_from_dict, resolved_to_dict
-from fleet.build import BuildSettings, content_hash, image_ref
+from components.router_image import RouterImageArgs, RouterImageProvider, router_image_inputs
+from components.router_manifests import CONFIG_DIR
+from fleet.build import UID, BuildSettings, content_hash, image_ref
 from profiler import ProfileGateError
 from tests.graph.fleetgen import generated_fleet, with_new_version
 
@@ -150,7 +156,9 @@ def test_policy_change_below_the_peak_fails_the_gate(small):
         rederive(state, news)
 
 
-@pytest.mark.parametrize("provider", [ModelImageProvider(), MemoryProfileProvider()])
+@pytest.mark.parametrize(
+    "provider", [ModelImageProvider(), MemoryProfileProvider(), RouterImageProvider()]
+)
 def test_providers_pickle_by_reference_and_load_in_a_fresh_process(provider):
     blob = serialize_provider(provider)
     assert len(blob) < 2000  # by reference: no pickled module bodies
@@ -225,3 +233,55 @@ def test_real_profile_through_the_provider(real_image):
     assert 50 < outs["peak_mib"] < r.model.settings.memory.ceiling_mib
     assert outs["limit_mib"] >= outs["request_mib"] >= outs["p95_mib"]
     assert provider.diff(made.id, outs, props).changes is False
+
+
+@needs_docker
+def test_real_router_image_runs_read_only_as_in_the_pod(tmp_path):
+    """Build the router image through its provider, then run it the way the pod does:
+    non-root, read-only root, all capabilities dropped, only /tmp writable."""
+    props = router_image_inputs(RouterImageArgs(build=BuildSettings(), push=False))
+    provider = RouterImageProvider()
+    created = provider.create(props)
+    assert provider.diff(created.id, created.outs, props).changes is False
+    again = provider.update(created.id, created.outs, props).outs
+    assert again["built"] is False and again["image_id"] == created.outs["image_id"]
+    route = {
+        "path": "/probability/1/TAXI",
+        "model": "m",
+        "version": 1,
+        "backend": "http://127.0.0.1:9",
+        "inputs": [{"name": "x", "type": "double", "required": True}],
+    }
+    (tmp_path / "routes.json").write_text(json.dumps({"version": 1, "routes": [route]}))
+    tmp_path.chmod(0o755)
+    port = _free_port()
+    docker = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
+    run = [docker, "run", "--detach", "--rm", "--network", "host", "--read-only"]
+    run += ["--tmpfs", "/tmp", "--user", f"{UID}:{UID}", "--cap-drop", "ALL"]
+    run += ["--security-opt", "no-new-privileges", "-v", f"{tmp_path}:{CONFIG_DIR}:ro"]
+    run += [created.outs["image"], "--config", f"{CONFIG_DIR}/routes.json"]
+    run += ["--host", "127.0.0.1", "--port", str(port)]
+    cid = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        status = _wait_http(f"http://127.0.0.1:{port}/healthz", seconds=120)
+        logs = subprocess.run([docker, "logs", cid], capture_output=True, text=True).stdout
+        assert status == 200, logs
+        assert _wait_http(f"http://127.0.0.1:{port}/readyz", seconds=5) == 200
+    finally:
+        subprocess.run([docker, "rm", "--force", cid], capture_output=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, seconds: float) -> int | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=2).status_code
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    return None

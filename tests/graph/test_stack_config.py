@@ -67,8 +67,13 @@ def test_missing_required_key_is_named(key):
 
 
 def test_missing_nested_key_is_named():
-    with pytest.raises(pulumi.ConfigMissingError, match=r"fleet:router\.image"):
-        read({**BASE, "fleet:router": json.dumps({"replicas": 3})})
+    with pytest.raises(pulumi.ConfigMissingError, match=r"fleet:ingress\.host"):
+        read({**BASE, "fleet:ingress": json.dumps({"className": "nginx"})})
+
+
+def test_router_image_is_built_unless_given():
+    assert read(BASE).router.image == "localhost:5000/fleet/router:dev"
+    assert read({**BASE, "fleet:router": json.dumps({"replicas": 1})}).router.image is None
 
 
 @pytest.mark.parametrize(
@@ -87,4 +92,4 @@ def test_stack_files_hold_what_the_program_reads(stack, alias, secrets):
     cfg = read(config, [f"fleet:{k}" for k in secrets])
     assert cfg.alias == alias
     assert (cfg.registry_auth is None) == (stack == "dev")
-    assert cfg.ingress.host and cfg.router.image
+    assert cfg.ingress.host and cfg.router.image is None  # built by the program

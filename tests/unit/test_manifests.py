@@ -26,6 +26,7 @@ from components.pod import RUN_AS_USER
 from components.router_manifests import (
     CHECKSUM,
     RouterObjects,
+    image_version,
     label_value,
     models_network_policy,
     router_deployment,
@@ -63,6 +64,7 @@ def router(**over) -> RouterObjects:
     args = {
         "namespace": "fleet",
         "image": "registry.example.com/fleet/router:0.1.0",
+        "version": "0.1.0",
         "routes_json": routes_json({"version": 1, "routes": []}),
         "ingress": IngressConfig(host="models.example.com", tls_secret="models-tls"),
     }
@@ -227,11 +229,9 @@ def test_router_pdb_and_labels():
     assert router_pdb(router(replicas=1)) is None
     assert router_pdb(router(replicas=2)) is not None
     assert router_labels(router())["app.kubernetes.io/version"] == "0.1.0"
-    digest = router(image="r/router@sha256:" + "b" * 64)
-    assert router_labels(digest)["app.kubernetes.io/version"] == "b" * 12
-    assert router_labels(router(image="localhost:5000/router"))["app.kubernetes.io/version"] == (
-        "latest"
-    )
+    assert image_version("registry.example.com/fleet/router:0.1.0") == "0.1.0"
+    assert image_version("r/router@sha256:" + "b" * 64) == "b" * 12
+    assert image_version("localhost:5000/router") == "latest"
 
 
 def test_label_value_is_always_valid():
