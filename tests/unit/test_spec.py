@@ -6,6 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.naming import k8s_name
 from fleet.spec import Fleet, SpecError, load_fleet, parse_fleet
@@ -519,3 +522,41 @@ def test_resolved_models_names_the_model_with_a_bad_override() -> None:
     )
     with pytest.raises(SpecError, match=r"model 'a': replicas: .*greater than or equal to 0"):
         fleet.resolved_models()
+
+
+# Any YAML at all: parse_fleet answers with a Fleet or a SpecError, never a crash.
+_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=6)
+_keys = st.sampled_from(
+    [
+        "models",
+        "defaults",
+        "experiments",
+        "name",
+        "version",
+        "alias",
+        "endpoint",
+        "parameters",
+        "batching",
+        "cpu",
+        "route",
+        "variants",
+        "model",
+        "weight",
+        "max_batch_size",
+        "x",
+    ]
+)
+_yaml_data = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(deadline=None, max_examples=80)  # no timing: CI machines are shared
+@given(_yaml_data)
+def test_any_yaml_gives_a_fleet_or_spec_error(data: object) -> None:
+    try:
+        parse_fleet(yaml.safe_dump(data))
+    except SpecError as exc:
+        assert exc.problems and all(p.startswith("models.yaml: ") for p in exc.problems)
