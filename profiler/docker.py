@@ -125,7 +125,11 @@ class ContainerServer:
 
     def exited(self) -> str | None:
         fmt = "{{.State.Running}} {{.State.ExitCode}} {{.State.OOMKilled}}"
-        out = _docker([self.docker, "inspect", "-f", fmt, self.container_id], check=False)
+        out = _docker(
+            [self.docker, "inspect", "-f", fmt, self.container_id], check=False, timeout=30
+        )
+        if out.returncode == 124:
+            return None  # a busy engine says nothing; the readiness timeout still applies
         if out.returncode != 0:
             return "the container is gone"
         running, code, oom = [*out.stdout.split(), "", "", ""][:3]
@@ -135,12 +139,18 @@ class ContainerServer:
 
     def log_tail(self, lines: int) -> list[str]:
         out = _docker(
-            [self.docker, "logs", "--tail", str(lines), self.container_id], check=False, merge=True
+            [self.docker, "logs", "--tail", str(lines), self.container_id],
+            check=False,
+            merge=True,
+            timeout=60,
         )
         return [line for line in out.stdout.splitlines() if line.strip()][-lines:]
 
     def stop(self) -> None:
-        _docker([self.docker, "rm", "--force", self.container_id], check=False)
+        # Kill first, so the server is gone at once; removing a container can take minutes
+        # on the vfs storage driver (it deletes a full copy of the image).
+        _docker([self.docker, "kill", self.container_id], check=False, timeout=60)
+        _docker([self.docker, "rm", "--force", self.container_id], check=False, timeout=900)
 
 
 def loopback_command(cmd: list[str], port: int) -> list[str]:
@@ -167,17 +177,20 @@ def loopback_command(cmd: list[str], port: int) -> list[str]:
 
 
 def _docker(
-    argv: list[str], *, check: bool = True, merge: bool = False
+    argv: list[str], *, check: bool = True, merge: bool = False, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        argv,
-        capture_output=not merge,
-        stdout=subprocess.PIPE if merge else None,
-        stderr=subprocess.STDOUT if merge else None,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    try:
+        out = subprocess.run(
+            argv,
+            capture_output=not merge,
+            stdout=subprocess.PIPE if merge else None,
+            stderr=subprocess.STDOUT if merge else None,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        out = subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout:g} s")
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:3])} failed: {(out.stderr or '').strip()}")
     return out
