@@ -109,7 +109,7 @@ def _missing_sqlite(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///").split("?")[0])
-    return None if path.exists() else path
+    return None if path.exists() or path.name == ":memory:" else path
 
 
 # One try, a short timeout: by default MLflow retries a refused connection for about four
