@@ -92,10 +92,25 @@ def server_command(
     `subprocess.Popen(argv, env={**os.environ, **env})`; it answers `GET /readyz` with 200
     once the model is loaded.
     """
-    return serve_argv(host, port), {
-        **server_config(resolved, bento_model_tag).to_env(),
-        **server_env(),
-    }
+    env = {**server_config(resolved, bento_model_tag).to_env(), **server_env()}
+    env["BENTOML_HOME"] = str(server_home(port))
+    return serve_argv(host, port), env
+
+
+def server_home(port: int) -> Path:
+    """A BentoML home of its own for the server on `port`, sharing the model store.
+
+    BentoML keeps Prometheus' multiprocess files in `$BENTOML_HOME` and wipes them when a
+    server starts, so servers sharing one home would mix and erase each other's metrics.
+    """
+    store = bentoml_home()
+    home = store / "servers" / str(port)
+    home.mkdir(parents=True, exist_ok=True)
+    models = home / "models"
+    if not models.is_symlink():
+        (store / "models").mkdir(parents=True, exist_ok=True)
+        models.symlink_to(store / "models", target_is_directory=True)
+    return home
 
 
 def serve_argv(host: str, port: int, working_dir: Path = SOURCE_ROOT) -> list[str]:

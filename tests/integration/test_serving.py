@@ -50,50 +50,61 @@ def by_name(resolved: list[ResolvedModel], name: str) -> ResolvedModel:
     return next(r for r in resolved if r.name == name)
 
 
-def start(resolved: ResolvedModel, tracking_uri: str) -> Iterator[str]:
-    tag = prepare_model(resolved, tracking_uri)
-    port = free_port()
-    argv, env = server_command(resolved, port, bento_model_tag=tag)
-    proc = subprocess.Popen(
-        argv,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, timeout_s=180, alive=lambda: proc.poll() is None)
-        yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def match_server(
-    bentoml_home: Path, demo_resolved: list[ResolvedModel], demo_uri: str
-) -> Iterator[str]:
-    """The logistic-regression model with batching on (max batch 64)."""
-    yield from start(by_name(demo_resolved, MATCH), demo_uri)
-
-
-@pytest.fixture(scope="module")
-def demand_server(
-    bentoml_home: Path, demo_resolved: list[ResolvedModel], demo_uri: str
-) -> Iterator[str]:
-    """The decision-tree model (long, double and boolean inputs) with batching off."""
-    resolved = by_name(demo_resolved, DEMAND)
+def unbatched(resolved: ResolvedModel) -> ResolvedModel:
     settings = resolved.model.settings
-    unbatched = settings.model_copy(
+    off = settings.model_copy(
         update={"batching": settings.batching.model_copy(update={"enabled": False})}
     )
-    model = resolved.model.model_copy(update={"settings": unbatched})
-    yield from start(replace(resolved, model=model), demo_uri)
+    return replace(resolved, model=resolved.model.model_copy(update={"settings": off}))
+
+
+@pytest.fixture(scope="module")
+def servers(
+    bentoml_home: Path, demo_resolved: list[ResolvedModel], demo_uri: str
+) -> Iterator[dict[str, str]]:
+    """Both servers, started together (their start-ups overlap): the logistic regression
+    with batching on (max batch 64), the decision tree (long, double and boolean inputs)
+    with batching off."""
+    wanted = {
+        MATCH: by_name(demo_resolved, MATCH),
+        DEMAND: unbatched(by_name(demo_resolved, DEMAND)),
+    }
+    procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for name, resolved in wanted.items():
+            tag = prepare_model(resolved, demo_uri)
+            port = free_port()
+            argv, env = server_command(resolved, port, bento_model_tag=tag)
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            procs[name] = (proc, f"http://127.0.0.1:{port}")
+        for proc, url in procs.values():
+            wait_ready(url, timeout_s=240, alive=lambda p=proc: p.poll() is None)
+        yield {name: url for name, (_, url) in procs.items()}
+    finally:
+        for proc, _ in procs.values():
+            os.killpg(proc.pid, 15)
+        for proc, _ in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def match_server(servers: dict[str, str]) -> str:
+    return servers[MATCH]
+
+
+@pytest.fixture(scope="module")
+def demand_server(servers: dict[str, str]) -> str:
+    return servers[DEMAND]
 
 
 def reference(resolved: ResolvedModel, tracking_uri: str, records: list[dict[str, Any]]) -> Any:
