@@ -1,11 +1,12 @@
 """Benchmark the model server against `mlflow models serve`, side by side in one run.
 
-    uv run python -m benchmarks.serving [--duration 10] [--model NAME] [--out results.json]
+    uv run python -m benchmarks.serving [--duration 4] [--rounds 3] [--out results.json]
 
 For one demo model: our BentoML server with batching on, with batching off, and
-`mlflow models serve` (one worker each, like one pod), each at concurrency 1, 16 and 64:
-requests/s, p50, p99, errors, and PSS of the server's process tree (idle and after load).
-One record per request, the shape of the router's traffic.
+`mlflow models serve` (one worker each, like one pod), all running at once and taking
+turns, at concurrency 1, 16 and 64: requests/s, p50, p99 (medians over rounds), errors,
+and PSS of each server's process tree (idle and after load). One record per request, the
+shape of the router's traffic.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,7 @@ from benchmarks.common import pss_mib, run_load
 from fleet.demo import create_demo_registry
 from fleet.registry import ResolvedModel, resolve_fleet
 from fleet.schema import random_records
-from fleet.serving.launch import prepare_model, server_command, wait_ready
+from fleet.serving.launch import prepare_model, server_command
 from fleet.spec import load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,18 +82,39 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure(
-    name: str, proc: subprocess.Popen[bytes], url: str, bodies: list[Any], args: argparse.Namespace
+    servers: dict[str, tuple[subprocess.Popen[bytes], str, list[Any]]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    run_load(url, bodies, concurrency=16, duration_s=2)  # warm-up
-    idle = pss_mib(proc.pid)
+    """Every level, in rounds that take turns between the servers; medians over rounds.
+
+    Taking turns spreads the noise of a shared machine over all servers alike, so the
+    side-by-side ratios hold even when the absolute numbers drift.
+    """
+    for _, url, bodies in servers.values():
+        run_load(url, bodies, concurrency=16, duration_s=2)  # warm-up
+    idle = {name: pss_mib(proc.pid) for name, (proc, _, _) in servers.items()}
     rows = []
     for c in args.concurrency:
-        result = run_load(url, bodies, concurrency=c, duration_s=args.duration)
-        rows.append({"server": name, **result.row(), "statuses": result.statuses})
-        print(json.dumps(rows[-1]), flush=True)
-    after = pss_mib(proc.pid)
+        runs: dict[str, list[Any]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, (_, url, bodies) in servers.items():
+                runs[name].append(run_load(url, bodies, concurrency=c, duration_s=args.duration))
+        for name, results in runs.items():
+            row = {
+                "server": name,
+                "concurrency": c,
+                "rps": round(statistics.median(r.rps for r in results), 1),
+                "p50_ms": round(statistics.median(r.p50_ms for r in results), 2),
+                "p99_ms": round(statistics.median(r.p99_ms for r in results), 2),
+                "errors": sum(r.errors for r in results),
+                "requests": sum(r.requests for r in results),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     for row in rows:
-        row.update(pss_idle_mib=round(idle, 1), pss_after_mib=round(after, 1))
+        proc = servers[row["server"]][0]
+        row.update(
+            pss_idle_mib=round(idle[row["server"]], 1), pss_after_mib=round(pss_mib(proc.pid), 1)
+        )
     return rows
 
 
@@ -99,7 +122,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="match_probability_1_TAXI_trafficaware")
     parser.add_argument("--tracking-uri", default=None, help="default: a fresh demo registry")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server and level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     args = parser.parse_args()
@@ -114,35 +138,30 @@ def main() -> int:
     resolved = resolve_fleet(fleet, uri)[0]
     tag = prepare_model(resolved, uri)
     records = random_records(resolved.inputs, 500, seed=0)
-    rows: list[dict[str, Any]] = []
-
-    for enabled in (True, False):
-        port = free_port()
-        argv, env = server_command(with_batching(resolved, enabled), port, bento_model_tag=tag)
-        proc = start(argv, env, f"http://127.0.0.1:{port}/readyz")
-        try:
-            wait_ready(f"http://127.0.0.1:{port}")
+    servers: dict[str, tuple[subprocess.Popen[bytes], str, list[Any]]] = {}
+    try:
+        for enabled in (True, False):
+            port = free_port()
+            variant = with_batching(resolved, enabled)
+            argv, env = server_command(variant, port, bento_model_tag=tag)
+            proc = start(argv, env, f"http://127.0.0.1:{port}/readyz")
             name = f"fleet BentoML, batching {'on' if enabled else 'off'}"
             bodies = [{"records": [r]} for r in records]
-            rows += measure(name, proc, f"http://127.0.0.1:{port}/predict", bodies, args)
-        finally:
-            stop(proc)
-
-    port = free_port()
-    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
-    argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
-    argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {"MLFLOW_TRACKING_URI": uri, "PATH": path}
-    proc = start(argv, env, f"http://127.0.0.1:{port}/ping")
-    try:
+            servers[name] = (proc, f"http://127.0.0.1:{port}/predict", bodies)
+        port = free_port()
+        mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+        argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
+        argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+        # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {"MLFLOW_TRACKING_URI": uri, "PATH": path}
+        proc = start(argv, env, f"http://127.0.0.1:{port}/ping")
         bodies = [{"dataframe_records": [r]} for r in records]
-        rows += measure(
-            "mlflow models serve", proc, f"http://127.0.0.1:{port}/invocations", bodies, args
-        )
+        servers["mlflow models serve"] = (proc, f"http://127.0.0.1:{port}/invocations", bodies)
+        rows = measure(servers, args)
     finally:
-        stop(proc)
+        for proc, _, _ in servers.values():
+            stop(proc)
 
     print_table(rows)
     if args.out:
