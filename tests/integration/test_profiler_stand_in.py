@@ -10,7 +10,6 @@ tests/integration/test_profiler.py.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,15 +124,14 @@ def test_memory_above_the_ceiling_fails_the_gate():
 def test_a_server_that_never_gets_ready_fails_within_the_timeout_with_its_log():
     code = "import time; print('loading weights from the registry ...'); time.sleep(120)"
     options = ProfileOptions(ready_timeout_s=2, idle_s=0.1)
-    started = time.monotonic()
     before = {p.pid for p in psutil.process_iter()}
     with pytest.raises(ProfileGateError) as info:
         profile(resolved(), "", backend=shell(code), options=options, content_hash="h")
     message = str(info.value)
     assert "server never ready" in message and "within 2 s" in message
     assert "| loading weights from the registry ..." in message
-    # bounded by the timeout, not by the server's sleep of 120 s
-    assert time.monotonic() - started < 60
+    # given up at the timeout: a wait for the sleep to end would say "exited with code 0"
+    assert "exited" not in message
     leftover = [
         p
         for p in psutil.process_iter(["cmdline"])
