@@ -27,11 +27,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import uvloop
 
 from fleet.local import free_port
@@ -147,6 +148,23 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    hop_cpu_ms: float = 0.0
+    """CPU time of the proxy (nginx or router) per successful request."""
+    backend_cpu_ms: float = 0.0
+    """CPU time of the model server per successful request."""
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its descendants."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            times = proc.cpu_times()
+            total += times.user + times.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
 
 
 @contextmanager
@@ -176,7 +194,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 240) -
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
@@ -186,8 +204,10 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 240) -
     raise TimeoutError(f"{url} not answering after {timeout_s} s")
 
 
-def start_backend(stack: ExitStack, args: argparse.Namespace) -> tuple[ResolvedModel, str, str]:
-    """(resolved model, base URL, description) of the model server under test."""
+def start_backend(
+    stack: ExitStack, args: argparse.Namespace
+) -> tuple[ResolvedModel, str, str, int]:
+    """(resolved model, base URL, description, pid) of the model server under test."""
     fleet = load_fleet(ROOT / "models.yaml").only([args.model])
     resolved = resolve_fleet(fleet, args.tracking_uri or default_tracking_uri())[0]
     port = free_port()
@@ -207,7 +227,7 @@ def start_backend(stack: ExitStack, args: argparse.Namespace) -> tuple[ResolvedM
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/", proc)
         # The echo app takes the model name from the first path segment.
-        return resolved, f"{url}/{resolved.name}", "echo (uvicorn, trivial ASGI app)"
+        return resolved, f"{url}/{resolved.name}", "echo (uvicorn, trivial ASGI app)", proc.pid
     from fleet.serving.launch import prepare_model, server_command
 
     tag = prepare_model(resolved, args.tracking_uri or default_tracking_uri())
@@ -220,10 +240,10 @@ def start_backend(stack: ExitStack, args: argparse.Namespace) -> tuple[ResolvedM
         f"BentoML model server, {resolved.name} (batching {batching.enabled}, "
         f"max {batching.max_batch_size}, {batching.max_latency_ms} ms)"
     )
-    return resolved, url, what
+    return resolved, url, what, proc.pid
 
 
-def start_nginx(stack: ExitStack, backend_url: str) -> str:
+def start_nginx(stack: ExitStack, backend_url: str) -> tuple[str, int]:
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nginx-")))
     backend = httpx.URL(backend_url)
     port = free_port()
@@ -232,10 +252,10 @@ def start_nginx(stack: ExitStack, backend_url: str) -> str:
     proc = stack.enter_context(child([NGINX, "-c", str(conf), "-p", str(tmp)]))
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/", proc, timeout_s=20)
-    return url + backend.raw_path.decode().rstrip("/")
+    return url + backend.raw_path.decode().rstrip("/"), proc.pid
 
 
-def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) -> str:
+def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) -> tuple[str, int]:
     fleet = load_fleet(ROOT / "models.yaml").only([resolved.name])
     config = build_routes_config(fleet, [resolved], lambda _: backend_url)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="router-")))
@@ -255,14 +275,17 @@ def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) ->
     proc = stack.enter_context(child(argv))
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/readyz", proc, timeout_s=60)
-    return url + resolved.model.route
+    return url + resolved.model.route, proc.pid
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
-        resolved, backend, what = start_backend(stack, args)
-        nginx = start_nginx(stack, backend)
-        router = start_router(stack, resolved, backend)
+        resolved, backend, what, backend_pid = start_backend(stack, args)
+        nginx, nginx_pid = start_nginx(stack, backend)
+        router, router_pid = start_router(stack, resolved, backend)
+        # CPU per request of the hop itself (nginx, router) and of the model server: on
+        # a shared machine CPU time is steadier than latency.
+        hop = {"direct": None, "nginx": nginx_pid, "router": router_pid}
         records = random_records(resolved.inputs, 200, seed=0)
         wrapped = [{"records": [r]} for r in records]
         targets = {
@@ -277,11 +300,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 load.run(c, 1.0)
             for _ in range(args.rounds):
                 for name, load in targets.items():
+                    pid = hop[name]
+                    before = cpu_s(pid) if pid else 0.0, cpu_s(backend_pid)
                     res = load.run(c, args.seconds)
+                    n = max(1, round(res.rps * args.seconds))
+                    res = replace(
+                        res,
+                        hop_cpu_ms=(cpu_s(pid) - before[0]) * 1000 / n if pid else 0.0,
+                        backend_cpu_ms=(cpu_s(backend_pid) - before[1]) * 1000 / n,
+                    )
                     results[c][name].append(res)
                     print(
                         f"c={c:<3} {name:<7} {res.rps:8.1f} req/s  p50 {res.p50_ms:7.2f} ms  "
-                        f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}",
+                        f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}  hop CPU "
+                        f"{res.hop_cpu_ms:.3f} ms/req  backend CPU {res.backend_cpu_ms:.3f} ms/req",
                         file=sys.stderr,
                     )
     return {"backend": what, "results": results}
@@ -294,8 +326,9 @@ def table(data: dict[str, Any]) -> str:
         "",
         "| c | direct req/s | nginx req/s | router req/s | router/direct | "
         "direct p50 | nginx p50 | router p50 | router - direct p50 | "
-        "direct p99 | nginx p99 | router p99 | errors d/n/r |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "direct p99 | nginx p99 | router p99 | CPU/req nginx | CPU/req router | "
+        "CPU/req model server | errors d/n/r |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, by in data["results"].items():
         rps = {k: med(r.rps for r in v) for k, v in by.items()}
@@ -307,7 +340,10 @@ def table(data: dict[str, Any]) -> str:
             f"{rps['router'] / rps['direct']:.0%} | {p50['direct']:.2f} ms | "
             f"{p50['nginx']:.2f} ms | {p50['router']:.2f} ms | "
             f"{p50['router'] - p50['direct']:+.2f} ms | {p99['direct']:.1f} ms | "
-            f"{p99['nginx']:.1f} ms | {p99['router']:.1f} ms | {errs} |"
+            f"{p99['nginx']:.1f} ms | {p99['router']:.1f} ms | "
+            f"{med(r.hop_cpu_ms for r in by['nginx']):.2f} ms | "
+            f"{med(r.hop_cpu_ms for r in by['router']):.2f} ms | "
+            f"{med(r.backend_cpu_ms for r in by['direct']):.2f} ms | {errs} |"
         )
     return "\n".join(lines)
 

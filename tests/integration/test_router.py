@@ -212,7 +212,7 @@ def test_experiment_split_and_stickiness(demo_router: str, demo_fleet: Fleet) ->
         "eventtime": 4.0,
         "backtoback": 0.0,
     }
-    n = 1500
+    n = 1000
 
     async def run() -> tuple[Counter[str], Counter[str], set[str]]:
         sticky: Counter[str] = Counter()

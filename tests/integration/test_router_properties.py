@@ -163,7 +163,7 @@ def _check(resp: Any, sent: Any) -> None:
         assert "Traceback" not in resp.text
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     path=st.sampled_from(PATHS),
     body=bodies,
