@@ -78,7 +78,9 @@ def build_router_image(ref: str, settings: BuildSettings) -> tuple[str, bool]:
         # No extra CA bundle: the router only calls in-cluster model Services over HTTP.
         app = image.write_layer(work / "app.tar", {f"{APP_DIR.lstrip('/')}/fleet": work / "fleet"})
         config = router_config(base["Config"].get("Env") or [])
-        image_id = image.load_image(ref, base, [deps, app], config)
+        # The packages layer is in the engine already (fleet.build loads it once as
+        # DEPS_IMAGE): reference it by diff id instead of sending a GB again.
+        image_id = image.load_image(ref, base, [deps.diff_id, app], config)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return image_id, True
