@@ -8,7 +8,9 @@ print(result.rps, result.p50_ms, result.p99_ms, result.errors)
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import ssl
 import statistics
 import time
 from collections import Counter
@@ -55,6 +57,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
 async def _load(
     url: str,
     bodies: Sequence[Any],
@@ -72,8 +79,6 @@ async def _load(
     # quadratic in its size assigning requests to connections, which at 64 connections
     # makes the load generator, not the server, the bottleneck.
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    start = time.perf_counter()
-    deadline = start + duration_s if duration_s is not None else None
 
     async def worker(client: httpx.AsyncClient) -> None:
         while True:
@@ -91,11 +96,18 @@ async def _load(
             except httpx.HTTPError as exc:
                 failures[type(exc).__name__] += 1
 
-    async def run_worker() -> None:
-        async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
-            await worker(client)
-
-    await asyncio.gather(*(run_worker() for _ in range(concurrency)))
+    # Clients are made before the clock starts and share one TLS context: httpx builds a
+    # context (loading the CA bundle) per client, tens of ms each on a busy machine.
+    tls = _tls_context()
+    clients = [
+        httpx.AsyncClient(limits=limits, timeout=timeout_s, verify=tls) for _ in range(concurrency)
+    ]
+    start = time.perf_counter()
+    deadline = start + duration_s if duration_s is not None else None
+    try:
+        await asyncio.gather(*(worker(client) for client in clients))
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
     seconds = time.perf_counter() - start
     ms = sorted(x * 1000 for x in latencies)
     errors = sum(failures.values())

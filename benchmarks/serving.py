@@ -52,17 +52,19 @@ def with_batching(resolved: ResolvedModel, enabled: bool) -> ResolvedModel:
 
 
 def start(argv: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen[bytes]:
+    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it while it lives)
     proc = subprocess.Popen(
         argv,
         env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}")
+            tail = Path(log.name).read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}:\n{tail}")
         try:
             if httpx.get(ready_url, timeout=2).status_code == 200:
                 return proc
@@ -79,6 +81,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app that answers `[0.5]` at once: the load generator's own ceiling."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"[0.5]"})
 
 
 def measure(
@@ -154,10 +167,14 @@ def main() -> int:
         argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
         # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = {"MLFLOW_TRACKING_URI": uri, "PATH": path}
+        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PATH": path}
         proc = start(argv, env, f"http://127.0.0.1:{port}/ping")
         bodies = [{"dataframe_records": [r]} for r in records]
         servers["mlflow models serve"] = (proc, f"http://127.0.0.1:{port}/invocations", bodies)
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", "benchmarks.serving:noop_app", "--port", str(port)]
+        proc = start([*argv, "--log-level", "warning"], {}, f"http://127.0.0.1:{port}/")
+        servers["no-op ASGI app (generator ceiling)"] = (proc, f"http://127.0.0.1:{port}/", [{}])
         rows = measure(servers, args)
     finally:
         for proc, _, _ in servers.values():
