@@ -51,12 +51,13 @@ error_log {tmp}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  keepalive_requests 1000000;
   client_body_temp_path {tmp}/body;
   proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fastcgi;
   uwsgi_temp_path {tmp}/uwsgi;
   scgi_temp_path {tmp}/scgi;
-  upstream model {{ server 127.0.0.1:{backend}; keepalive 128; }}
+  upstream model {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -94,31 +95,42 @@ class Load:
                 i += 1
                 t0 = time.perf_counter()
                 writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = -1
-                chunked = False
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    name = name.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                        chunked = True
-                if chunked:
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                        await reader.readexactly(size + 2)
-                        if size == 0:
-                            break
-                elif length >= 0:
-                    await reader.readexactly(length)
+                try:
+                    status = await self._response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # The server closed the keep-alive connection: count it, reconnect.
+                    errors.append(0)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    continue
                 if status == 200:
                     lat.append(time.perf_counter() - t0)
                 else:
                     errors.append(status)
         finally:
             writer.close()
+
+    @staticmethod
+    async def _response(reader: asyncio.StreamReader) -> int:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = -1
+        chunked = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if chunked:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        elif length >= 0:
+            await reader.readexactly(length)
+        return int(head[9:12])
 
     def run(self, concurrency: int, seconds: float) -> Result:
         async def go() -> Result:
