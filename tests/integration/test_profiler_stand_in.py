@@ -69,7 +69,9 @@ def test_memory_of_a_bigger_server_is_measured_and_sized_larger(tmp_path):
     )
     assert big.memory.idle_mib - small.memory.idle_mib >= 110
     assert big.memory.p95_mib - small.memory.p95_mib >= 110
-    assert small.memory.idle_mib <= small.memory.p95_mib * 1.05 <= small.memory.peak_mib * 1.05
+    # PSS of a small process moves by a MiB or two as other processes share its libraries
+    assert small.memory.idle_mib <= small.memory.p95_mib + 5
+    assert small.memory.p95_mib <= small.memory.peak_mib
     assert big.recommendation.request_mib >= small.recommendation.request_mib + 110
     assert big.recommendation.limit_mib > small.recommendation.limit_mib
     assert small.passed and small.load.errors == 0 and small.load.invalid_sent == 4
@@ -86,8 +88,10 @@ def test_memory_of_a_bigger_server_is_measured_and_sized_larger(tmp_path):
 
 def test_memory_grown_under_load_shows_in_p95_and_peak():
     report = profile(resolved(), "", backend=stub("grow"), options=FAST, content_hash="h")
-    # the stand-in keeps 1 MiB per request: load adds tens of MiB over idle
-    assert report.memory.peak_mib - report.memory.idle_mib >= 20
+    # the stand-in keeps 1 MiB per prediction request: load adds that over idle
+    grown = report.memory.peak_mib - report.memory.idle_mib
+    assert report.load.requests >= 5
+    assert grown >= 0.8 * report.load.requests
     assert report.memory.p95_mib > report.memory.idle_mib
 
 
