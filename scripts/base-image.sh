@@ -15,6 +15,7 @@ trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
   bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+chmod 755 "$root"  # mktemp made it 0700; non-root users in the image need to traverse /
 rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
 tar -C "$root" -c . | "$docker_bin" import \
   -c 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt UV_NATIVE_TLS=1 LANG=C.UTF-8' \
