@@ -179,7 +179,7 @@ def _build_image(
         )
         config = image_config(resolved, base["Config"].get("Env") or [])
         config["Labels"].update({"fleet.content-hash": chash, "fleet.bento": bento.tag})
-        image_id = image.load_image(ref, base, [deps.diff_id, layer], config)
+        image_id = image.load_image(ref, base, [deps, layer], config)
     except image.ImageError as exc:
         raise BuildError(f"model '{resolved.name}': {exc}") from exc
     finally:
@@ -192,22 +192,29 @@ def push_image(ref: str) -> str:
     return image.push(ref)
 
 
-def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> image.Layer:
-    """The packages layer for the exported pins, in the engine (as `DEPS_IMAGE:<key>`)."""
+def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> str:
+    """Diff id of the packages layer for the exported pins, loaded into the engine once.
+
+    The engine keeps it as the image `DEPS_IMAGE:<key>`; while that image exists nothing is
+    installed again (a fresh checkout on the same engine, such as CI's, reuses it), and the
+    files made on the way are removed once the engine has the layer.
+    """
     pins = exported_requirements(settings.project_root)
     key = digest({"pins": pins, "platform": settings.python_platform, "base": base["Id"]})
-    root = BUILD_ROOT.resolve() / "deps" / key
-    tar, diff_file = root.with_suffix(".layer.tar"), root.with_suffix(".diffid")
     ref = f"{DEPS_IMAGE}:{key}"
     with locked(f"deps-{key}"):
-        if not diff_file.is_file():
+        loaded = image.inspect(ref)
+        if loaded is not None:
+            return str(loaded["RootFS"]["Layers"][-1])
+        root = BUILD_ROOT.resolve() / "deps" / key
+        try:
             _install_deps(pins, root, settings.python_platform)
-            layer = image.write_layer(tar, {DEPS_DIR.lstrip("/"): root})
-            diff_file.write_text(layer.diff_id)  # last: marks the layer complete
-        layer = image.Layer(tar, diff_file.read_text().strip())
-        if image.inspect(ref) is None:
+            layer = image.write_layer(root.with_suffix(".layer.tar"), {DEPS_DIR.lstrip("/"): root})
             image.load_image(ref, base, [layer], {"Env": base["Config"].get("Env") or []})
-    return layer
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            root.with_suffix(".layer.tar").unlink(missing_ok=True)
+    return layer.diff_id
 
 
 def _install_deps(pins: str, target: Path, platform: str) -> None:
