@@ -147,9 +147,25 @@ def _bentoml() -> Any:
     os.environ.setdefault("BENTOML_HOME", home)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     import bentoml
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer as c
+    from bentoml._internal.models import ModelStore
 
-    BentoMLContainer.bentoml_home.set(home)
+    if c.bentoml_home.get() != home:
+        # BentoML fixes its stores at first use; a process that imported it under another
+        # BENTOML_HOME (a test session, a long-lived program) must move them all, or the
+        # model lands in a store the server and `bentoml build` never look in.
+        c.bentoml_home.set(home)
+        for provider, sub in (
+            (c.model_store_dir, "models"),
+            (c.bento_store_dir, "bentos"),
+            (c.tmp_bento_store_dir, "tmp"),
+            (c.env_store_dir, "envs"),
+        ):
+            provider.set(os.path.join(home, sub))
+            os.makedirs(os.path.join(home, sub), exist_ok=True)
+        c.model_store.set(ModelStore(os.path.join(home, "models")))
+        c.bento_store.set(BentoStore(os.path.join(home, "bentos")))
     return bentoml
 
 
