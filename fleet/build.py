@@ -39,6 +39,7 @@ __all__ = [
     "image_config",
     "image_env",
     "image_ref",
+    "packages_layer_id",
     "push_image",
 ]
 
@@ -163,7 +164,7 @@ def _build_image(
     if base is None:
         raise BuildError(f"base image {settings.base_image} is not in the engine (pull or make it)")
     bento = build_bento(resolved, tracking_uri, settings)
-    deps = _deps_layer(settings, base)
+    deps = packages_layer_id(settings, base)
     (BUILD_ROOT.resolve() / "layers").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{chash}-", dir=BUILD_ROOT.resolve() / "layers"))
     try:
@@ -192,7 +193,12 @@ def push_image(ref: str) -> str:
     return image.push(ref)
 
 
-def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> str:
+def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> image.Layer:
+    """Kept for components/router_image.py: use `packages_layer_id` (the tar is gone)."""
+    return image.Layer(BUILD_ROOT.resolve() / "deps", packages_layer_id(settings, base))
+
+
+def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
     """Diff id of the packages layer for the exported pins, loaded into the engine once.
 
     The engine keeps it as the image `DEPS_IMAGE:<key>`; while that image exists nothing is
