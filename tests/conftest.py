@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,18 +47,3 @@ def demo_fleet() -> Fleet:
 def demo_resolved(demo_fleet: Fleet, demo_uri: str) -> list[ResolvedModel]:
     """The repository's fleet resolved against the demo registry."""
     return resolve_fleet(demo_fleet, demo_uri)
-
-
-@pytest.fixture(scope="module")
-def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A BentoML store of the test module's own (`BENTOML_HOME`), restored afterwards."""
-    home = tmp_path_factory.mktemp("bentoml")
-    previous = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        yield home
-    finally:
-        if previous is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = previous

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import mlflow.pyfunc
@@ -37,8 +37,18 @@ def resolved(demo_resolved: list[ResolvedModel]) -> ResolvedModel:
 
 
 @pytest.fixture(scope="module")
-def built(resolved: ResolvedModel, demo_uri: str, bentoml_home: Path) -> ImageResult:
-    return build_image(resolved, demo_uri, BuildSettings())
+def built(
+    resolved: ResolvedModel, demo_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ImageResult]:
+    previous = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(tmp_path_factory.mktemp("bentoml"))
+    try:
+        yield build_image(resolved, demo_uri, BuildSettings())
+    finally:
+        if previous is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = previous
 
 
 @pytest.fixture(scope="module")

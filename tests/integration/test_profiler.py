@@ -6,8 +6,10 @@ reports. Load is kept to a few seconds per model.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,21 @@ OPTIONS = ProfileOptions(
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A BentoML model store of this module's own."""
+    home = tmp_path_factory.mktemp("profiler-bentoml")
+    previous = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if previous is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = previous
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,9 +31,11 @@ MODEL = "demand_forecast_1"
 
 @pytest.fixture(scope="module")
 def model_server(
-    bentoml_home: Path, demo_resolved: list[ResolvedModel], demo_uri: str
+    tmp_path_factory: pytest.TempPathFactory, demo_resolved: list[ResolvedModel], demo_uri: str
 ) -> Iterator[tuple[ResolvedModel, str]]:
     resolved = next(r for r in demo_resolved if r.name == MODEL)
+    previous = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(tmp_path_factory.mktemp("bentoml"))
     proc = None
     try:
         tag = launch.prepare_model(resolved, demo_uri)
@@ -60,6 +61,10 @@ def model_server(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        if previous is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = previous
 
 
 @pytest.fixture(scope="module")
