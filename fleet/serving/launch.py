@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from fleet.serving.config import ServerConfig
 SERVICE = "fleet.serving.service:ModelServer"
 # The source root that holds the `fleet` package, so `bentoml serve` can import it.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
+_STORE_LOCK = threading.Lock()
 
 
 def bentoml_home() -> Path:
@@ -151,21 +153,24 @@ def _bentoml() -> Any:
     from bentoml._internal.configuration.containers import BentoMLContainer as c
     from bentoml._internal.models import ModelStore
 
-    if c.bentoml_home.get() != home:
-        # BentoML fixes its stores at first use; a process that imported it under another
-        # BENTOML_HOME (a test session, a long-lived program) must move them all, or the
-        # model lands in a store the server and `bentoml build` never look in.
-        c.bentoml_home.set(home)
-        for provider, sub in (
-            (c.model_store_dir, "models"),
-            (c.bento_store_dir, "bentos"),
-            (c.tmp_bento_store_dir, "tmp"),
-            (c.env_store_dir, "envs"),
-        ):
-            provider.set(os.path.join(home, sub))
-            os.makedirs(os.path.join(home, sub), exist_ok=True)
-        c.model_store.set(ModelStore(os.path.join(home, "models")))
-        c.bento_store.set(BentoStore(os.path.join(home, "bentos")))
+    with _STORE_LOCK:
+        if c.bentoml_home.get() != home:
+            # BentoML fixes its stores at first use; a process that imported it under
+            # another BENTOML_HOME (a test session, a long-lived program) must move them
+            # all, or the model lands in a store the server and `bentoml build` never look
+            # in. Under a lock and with the home set last, so that a second thread (the
+            # profiler runs models in parallel) never sees a new home with the old stores.
+            for provider, sub in (
+                (c.model_store_dir, "models"),
+                (c.bento_store_dir, "bentos"),
+                (c.tmp_bento_store_dir, "tmp"),
+                (c.env_store_dir, "envs"),
+            ):
+                provider.set(os.path.join(home, sub))
+                os.makedirs(os.path.join(home, sub), exist_ok=True)
+            c.model_store.set(ModelStore(os.path.join(home, "models")))
+            c.bento_store.set(BentoStore(os.path.join(home, "bentos")))
+            c.bentoml_home.set(home)
     return bentoml
 
 
