@@ -65,35 +65,32 @@ def run(args: argparse.Namespace) -> int:
     try:
         servers: dict[str, Child] = {}
         tags: dict[str, str] = {}
+
+        def start_and_wait(models: list[ResolvedModel]) -> None:
+            for model in models:
+                port = free_port()
+                argv, env = server_command(model, port, bento_model_tag=tags[model.name])
+                url = f"http://127.0.0.1:{port}"
+                servers[model.name] = sup.start(model.name, argv, env, url)
+            sup.wait_ready(
+                [servers[m.name] for m in models],
+                "/readyz",
+                args.ready_timeout,
+                on_ready=lambda c: _say(f"  ready: {c.name} ({c.url})"),
+            )
+
         for i, model in enumerate(resolved, 1):
             _say(f"[{i}/{len(resolved)}] preparing {model.name} v{model.version}")
-            tag = tags[model.name] = prepare_model(model, uri)
-            port = free_port()
-            argv, env = server_command(model, port, bento_model_tag=tag)
-            servers[model.name] = sup.start(model.name, argv, env, f"http://127.0.0.1:{port}")
-        _say(f"starting {len(servers)} model servers ...")
-        sup.wait_ready(
-            servers.values(),
-            "/readyz",
-            args.ready_timeout,
-            on_ready=lambda c: _say(f"  ready: {c.name} ({c.url})"),
-        )
-
+            tags[model.name] = prepare_model(model, uri)
+        _say(f"starting {len(resolved)} model servers ...")
+        start_and_wait(resolved)
         # A port picked free can be taken by another server's own sockets before this one
         # binds it; a server that exited is started once more on a fresh port.
         retry = [r for r in resolved if not servers[r.name].ready and not servers[r.name].alive()]
         for model in retry:
             _say(f"  retrying {model.name} on a new port ({servers[model.name].error})")
-            port = free_port()
-            argv, env = server_command(model, port, bento_model_tag=tags[model.name])
-            servers[model.name] = sup.start(model.name, argv, env, f"http://127.0.0.1:{port}")
         if retry:
-            sup.wait_ready(
-                [servers[r.name] for r in retry],
-                "/readyz",
-                args.ready_timeout,
-                on_ready=lambda c: _say(f"  ready: {c.name} ({c.url})"),
-            )
+            start_and_wait(retry)
 
         config = build_routes_config(fleet, resolved, lambda r: servers[r.name].url)
         routes_path = run_dir / "routes.json"
