@@ -39,8 +39,7 @@ class RouterApp(FastAPI):
         if scope["type"] == "http" and scope["method"] == "POST":
             handler = self.fast.get(scope["path"])
             if handler is not None:
-                response = await handler(Request(scope, receive, send))
-                await response(scope, receive, send)
+                await handler(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
@@ -75,10 +74,12 @@ def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 
     app.state.metrics = metrics
     app.state.config = cfg
     app.fast = {}
+    for r in cfg.routes:
+        proxy.add(r.backend)
     for ep, tags in _endpoints(cfg):
         route: ModelRoute = make_route(ep, proxy, metrics, cfg.limits, tags)
         app.router.routes.append(route)
-        app.fast[route.path] = route.get_route_handler()
+        app.fast[route.path] = route.handler
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

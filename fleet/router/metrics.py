@@ -35,9 +35,21 @@ class RouterMetrics:
             registry=self.registry,
         )
 
+        # The children of each label set, looked up once (`labels()` takes a lock and
+        # builds its key on every call).
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, route: str, variant: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, variant, str(status)).inc()
-        self.latency.labels(route, variant).observe(seconds)
+        key = (route, variant, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, variant, str(status)),
+                self.latency.labels(route, variant),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def backend_error(self, route: str, model: str, kind: str) -> None:
         self.backend_errors.labels(route, model, kind).inc()
