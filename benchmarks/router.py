@@ -180,13 +180,8 @@ def cpu_s(pid: int) -> float:
 
 
 @contextmanager
-def child(
-    argv: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own session, stopped (with its children) on exit.
-
-    With `cpus`, it and every process it starts run only on those CPUs.
-    """
+def child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process in its own session, stopped (with its children) on exit."""
     proc = subprocess.Popen(
         argv,
         cwd=ROOT,
@@ -194,7 +189,6 @@ def child(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     try:
         yield proc
@@ -223,7 +217,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 240) -
 
 
 def start_backend(
-    stack: ExitStack, args: argparse.Namespace, cpus: set[int] | None = None
+    stack: ExitStack, args: argparse.Namespace
 ) -> tuple[ResolvedModel, str, str, int]:
     """(resolved model, base URL, description, pid) of the model server under test."""
     fleet = load_fleet(ROOT / "models.yaml").only([args.model])
@@ -241,7 +235,7 @@ def start_backend(
             "warning",
             "--no-access-log",
         ]
-        proc = stack.enter_context(child(argv, cpus=cpus))
+        proc = stack.enter_context(child(argv))
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/", proc)
         # The echo app takes the model name from the first path segment.
@@ -250,7 +244,7 @@ def start_backend(
 
     tag = prepare_model(resolved, args.tracking_uri or default_tracking_uri())
     argv, env = server_command(resolved, port, bento_model_tag=tag)
-    proc = stack.enter_context(child(argv, env, cpus))
+    proc = stack.enter_context(child(argv, env))
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/readyz", proc)
     batching = resolved.model.settings.batching
@@ -298,17 +292,7 @@ def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) ->
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
-        backend_cpus = None
-        if args.pin:
-            # The model server gets a CPU of its own; this process (the load loop) and
-            # the proxies share the others, as a router in its own pods would not
-            # take CPU from the model servers.
-            cpus = sorted(os.sched_getaffinity(0))
-            if len(cpus) < 2:
-                sys.exit("--pin needs at least 2 CPUs")
-            backend_cpus = {cpus[-1]}
-            os.sched_setaffinity(0, set(cpus[:-1]))
-        resolved, backend, what, backend_pid = start_backend(stack, args, backend_cpus)
+        resolved, backend, what, backend_pid = start_backend(stack, args)
         nginx, nginx_pid = start_nginx(stack, backend)
         router, router_pid = start_router(stack, resolved, backend)
         # CPU per request of the hop itself (nginx, router) and of the model server: on
@@ -384,11 +368,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--pin",
-        action="store_true",
-        help="run the model server on a CPU of its own, everything else on the others",
-    )
     args = parser.parse_args()
     if not shutil.which(NGINX):
         sys.exit(f"{NGINX} not found (apt-get install nginx-light)")
