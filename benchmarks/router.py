@@ -8,8 +8,9 @@ trivial uvicorn app that isolates the proxies' own cost), and in front of it:
 - nginx (Debian's), 1 worker, upstream keepalive: a reference proxy hop;
 - the router (`python -m fleet.router`, uvicorn, 1 worker) with one route to it.
 The same lean load loop (`Load`: one-record requests from `concurrency` keep-alive
-clients) measures each, interleaved, for `rounds` rounds at each
-concurrency; the table shows medians over rounds, and router/direct ratios.
+clients) measures each, interleaved (in an order rotated every round), for `rounds`
+rounds at each concurrency. The table shows medians over rounds; ratios and differences
+to direct are medians of the per-round ones, as the machine's speed drifts over a run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import httpx
 import psutil
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.local import free_port
 from fleet.registry import ResolvedModel, default_tracking_uri, resolve_fleet
@@ -164,6 +166,25 @@ class Result:
     """CPU time of the proxy (nginx or router) per successful request."""
     backend_cpu_ms: float = 0.0
     """CPU time of the model server per successful request."""
+    batch: float = 0.0
+    """Mean records per model call in the model server (0: not reported)."""
+
+
+def batch_totals(base_url: str) -> tuple[float, float]:
+    """(records, model calls) so far from the model server's `fleet_batch_size`
+    histogram; (0, 0) for a backend without it."""
+    records = calls = 0.0
+    try:
+        text = httpx.get(base_url + "/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.endswith("fleet_batch_size_sum"):
+                    records += sample.value
+                elif sample.name.endswith("fleet_batch_size_count"):
+                    calls += sample.value
+    except (httpx.HTTPError, ValueError):  # no such endpoint, or not Prometheus text
+        return 0.0, 0.0
+    return records, calls
 
 
 def cpu_s(pid: int) -> float:
@@ -293,6 +314,7 @@ def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) ->
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         resolved, backend, what, backend_pid = start_backend(stack, args)
+        backend_base = "http://" + httpx.URL(backend).netloc.decode()
         nginx, nginx_pid = start_nginx(stack, backend)
         router, router_pid = start_router(stack, resolved, backend)
         # CPU per request of the hop itself (nginx, router) and of the model server: on
@@ -310,52 +332,67 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             results[c] = {name: [] for name in targets}
             for load in targets.values():  # warm up every pool
                 load.run(c, 1.0)
-            for _ in range(args.rounds):
-                for name, load in targets.items():
+            names = list(targets)
+            for i in range(args.rounds):
+                # Rotate the order each round so that no target always follows another.
+                for name in names[i % 3 :] + names[: i % 3]:
+                    load = targets[name]
                     pid = hop[name]
+                    batches = batch_totals(backend_base)
                     before = cpu_s(pid) if pid else 0.0, cpu_s(backend_pid)
                     res = load.run(c, args.seconds)
                     n = max(1, round(res.rps * args.seconds))
+                    after = batch_totals(backend_base)
+                    calls = after[1] - batches[1]
                     res = replace(
                         res,
                         hop_cpu_ms=(cpu_s(pid) - before[0]) * 1000 / n if pid else 0.0,
                         backend_cpu_ms=(cpu_s(backend_pid) - before[1]) * 1000 / n,
+                        batch=(after[0] - batches[0]) / calls if calls else 0.0,
                     )
                     results[c][name].append(res)
                     print(
                         f"c={c:<3} {name:<7} {res.rps:8.1f} req/s  p50 {res.p50_ms:7.2f} ms  "
                         f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}  hop CPU "
-                        f"{res.hop_cpu_ms:.3f} ms/req  backend CPU {res.backend_cpu_ms:.3f} ms/req",
+                        f"{res.hop_cpu_ms:.3f} ms/req  backend CPU {res.backend_cpu_ms:.3f} ms/req"
+                        f"  batch {res.batch:.1f}",
                         file=sys.stderr,
                     )
     return {"backend": what, "results": results}
 
 
 def table(data: dict[str, Any]) -> str:
+    """Medians over rounds; the ratios and differences are medians of the per-round ones
+    (router and direct measured seconds apart), which the machine's drift affects least."""
     med = statistics.median
     lines = [
         f"Backend: {data['backend']}",
         "",
-        "| c | direct req/s | nginx req/s | router req/s | router/direct | "
-        "direct p50 | nginx p50 | router p50 | router - direct p50 | "
+        "| c | direct req/s | nginx req/s | router req/s | nginx/direct | router/direct | "
+        "direct p50 | nginx p50 | router p50 | nginx - direct p50 | router - direct p50 | "
         "direct p99 | nginx p99 | router p99 | CPU/req nginx | CPU/req router | "
-        "CPU/req model server | errors d/n/r |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "CPU/req model server d/n/r | mean batch d/n/r | errors d/n/r |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, by in data["results"].items():
-        rps = {k: med(r.rps for r in v) for k, v in by.items()}
-        p50 = {k: med(r.p50_ms for r in v) for k, v in by.items()}
-        p99 = {k: med(r.p99_ms for r in v) for k, v in by.items()}
-        errs = "/".join(str(sum(r.errors for r in by[k])) for k in ("direct", "nginx", "router"))
+        d, n, r = by["direct"], by["nginx"], by["router"]
+        rps = {k: med(x.rps for x in v) for k, v in by.items()}
+        p50 = {k: med(x.p50_ms for x in v) for k, v in by.items()}
+        p99 = {k: med(x.p99_ms for x in v) for k, v in by.items()}
+        ratio = {k: med(a.rps / b.rps for a, b in zip(v, d, strict=True)) for k, v in by.items()}
+        added = {
+            k: med(a.p50_ms - b.p50_ms for a, b in zip(v, d, strict=True)) for k, v in by.items()
+        }
+        errs = "/".join(str(sum(x.errors for x in v)) for v in (d, n, r))
         lines.append(
             f"| {c} | {rps['direct']:.0f} | {rps['nginx']:.0f} | {rps['router']:.0f} | "
-            f"{rps['router'] / rps['direct']:.0%} | {p50['direct']:.2f} ms | "
-            f"{p50['nginx']:.2f} ms | {p50['router']:.2f} ms | "
-            f"{p50['router'] - p50['direct']:+.2f} ms | {p99['direct']:.1f} ms | "
+            f"{ratio['nginx']:.0%} | {ratio['router']:.0%} | {p50['direct']:.2f} ms | "
+            f"{p50['nginx']:.2f} ms | {p50['router']:.2f} ms | {added['nginx']:+.2f} ms | "
+            f"{added['router']:+.2f} ms | {p99['direct']:.1f} ms | "
             f"{p99['nginx']:.1f} ms | {p99['router']:.1f} ms | "
-            f"{med(r.hop_cpu_ms for r in by['nginx']):.2f} ms | "
-            f"{med(r.hop_cpu_ms for r in by['router']):.2f} ms | "
-            f"{med(r.backend_cpu_ms for r in by['direct']):.2f} ms | {errs} |"
+            f"{med(x.hop_cpu_ms for x in n):.2f} ms | {med(x.hop_cpu_ms for x in r):.2f} ms | "
+            f"{'/'.join(f'{med(x.backend_cpu_ms for x in v):.2f}' for v in (d, n, r))} ms | "
+            f"{'/'.join(f'{med(x.batch for x in v):.1f}' for v in (d, n, r))} | {errs} |"
         )
     return "\n".join(lines)
 

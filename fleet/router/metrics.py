@@ -16,7 +16,8 @@ class RouterMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "fleet_router_requests",
-            "Requests answered, by route, serving model (variant) and HTTP status.",
+            "Requests answered, by route, serving model (variant) and HTTP status "
+            "(499: the client left before its request body arrived).",
             ["route", "variant", "status"],
             registry=self.registry,
         )
