@@ -6,7 +6,10 @@
 One model server (the real BentoML server of `fleet.serving`, or with `--backend echo` a
 trivial uvicorn app that isolates the proxies' own cost), and in front of it:
 - nginx (Debian's), 1 worker, upstream keepalive: a reference proxy hop;
-- the router (`python -m fleet.router`, uvicorn, 1 worker) with one route to it.
+- the router (`python -m fleet.router`, uvicorn, 1 worker) with one route to it, as
+  configured by default (at most `backend_calls` calls in flight to the model server;
+  requests beyond wait and go together) and with `backend_calls` 0 (every request its
+  own call, a plain proxy).
 The same lean load loop (`Load`: one-record requests from `concurrency` keep-alive
 clients) measures each, interleaved (in an order rotated every round), for `rounds`
 rounds at each concurrency. The table shows medians over rounds; ratios and differences
@@ -39,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.local import free_port
 from fleet.registry import ResolvedModel, default_tracking_uri, resolve_fleet
-from fleet.routes import build_routes_config
+from fleet.routes import RouterLimits, build_routes_config
 from fleet.schema import random_records
 from fleet.spec import load_fleet
 
@@ -71,6 +74,8 @@ http {{
 }}
 """
 ECHO_APP = "tests.integration.test_router:echo_backend"
+ROUTER = "router"
+SINGLE = "router, backend_calls 0"
 
 
 class Load:
@@ -288,9 +293,12 @@ def start_nginx(stack: ExitStack, backend_url: str) -> tuple[str, int]:
     return url + backend.raw_path.decode().rstrip("/"), proc.pid
 
 
-def start_router(stack: ExitStack, resolved: ResolvedModel, backend_url: str) -> tuple[str, int]:
+def start_router(
+    stack: ExitStack, resolved: ResolvedModel, backend_url: str, backend_calls: int
+) -> tuple[str, int]:
     fleet = load_fleet(ROOT / "models.yaml").only([resolved.name])
     config = build_routes_config(fleet, [resolved], lambda _: backend_url)
+    config["limits"]["backend_calls"] = backend_calls
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="router-")))
     (tmp / "routes.json").write_text(json.dumps(config))
     port = free_port()
@@ -316,16 +324,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         resolved, backend, what, backend_pid = start_backend(stack, args)
         backend_base = "http://" + httpx.URL(backend).netloc.decode()
         nginx, nginx_pid = start_nginx(stack, backend)
-        router, router_pid = start_router(stack, resolved, backend)
+        default_calls = RouterLimits().backend_calls
+        router, router_pid = start_router(stack, resolved, backend, default_calls)
+        single, single_pid = start_router(stack, resolved, backend, 0)
         # CPU per request of the hop itself (nginx, router) and of the model server: on
         # a shared machine CPU time is steadier than latency.
-        hop = {"direct": None, "nginx": nginx_pid, "router": router_pid}
+        hop = {"direct": None, "nginx": nginx_pid, ROUTER: router_pid, SINGLE: single_pid}
         records = random_records(resolved.inputs, 200, seed=0)
         wrapped = [{"records": [r]} for r in records]
         targets = {
             "direct": Load(backend + "/predict", wrapped),
             "nginx": Load(nginx + "/predict", wrapped),
-            "router": Load(router, records),
+            ROUTER: Load(router, records),
+            SINGLE: Load(single, records),
         }
         results: dict[int, dict[str, list[Result]]] = {}
         for c in args.concurrency:
@@ -335,7 +346,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             names = list(targets)
             for i in range(args.rounds):
                 # Rotate the order each round so that no target always follows another.
-                for name in names[i % 3 :] + names[: i % 3]:
+                k = i % len(names)
+                for name in names[k:] + names[:k]:
                     load = targets[name]
                     pid = hop[name]
                     batches = batch_totals(backend_base)
@@ -362,38 +374,32 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(data: dict[str, Any]) -> str:
-    """Medians over rounds; the ratios and differences are medians of the per-round ones
-    (router and direct measured seconds apart), which the machine's drift affects least."""
+    """Medians over rounds; the ratios and differences to direct are medians of the
+    per-round ones (measured seconds apart), which the machine's drift affects least."""
     med = statistics.median
     lines = [
         f"Backend: {data['backend']}",
         "",
-        "| c | direct req/s | nginx req/s | router req/s | nginx/direct | router/direct | "
-        "direct p50 | nginx p50 | router p50 | nginx - direct p50 | router - direct p50 | "
-        "direct p99 | nginx p99 | router p99 | CPU/req nginx | CPU/req router | "
-        "CPU/req model server d/n/r | mean batch d/n/r | errors d/n/r |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| c | path | req/s | req/s vs direct | p50 | p50 - direct | p99 | CPU/req hop | "
+        "CPU/req model server | mean batch | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, by in data["results"].items():
-        d, n, r = by["direct"], by["nginx"], by["router"]
-        rps = {k: med(x.rps for x in v) for k, v in by.items()}
-        p50 = {k: med(x.p50_ms for x in v) for k, v in by.items()}
-        p99 = {k: med(x.p99_ms for x in v) for k, v in by.items()}
-        ratio = {k: med(a.rps / b.rps for a, b in zip(v, d, strict=True)) for k, v in by.items()}
-        added = {
-            k: med(a.p50_ms - b.p50_ms for a, b in zip(v, d, strict=True)) for k, v in by.items()
-        }
-        errs = "/".join(str(sum(x.errors for x in v)) for v in (d, n, r))
-        lines.append(
-            f"| {c} | {rps['direct']:.0f} | {rps['nginx']:.0f} | {rps['router']:.0f} | "
-            f"{ratio['nginx']:.0%} | {ratio['router']:.0%} | {p50['direct']:.2f} ms | "
-            f"{p50['nginx']:.2f} ms | {p50['router']:.2f} ms | {added['nginx']:+.2f} ms | "
-            f"{added['router']:+.2f} ms | {p99['direct']:.1f} ms | "
-            f"{p99['nginx']:.1f} ms | {p99['router']:.1f} ms | "
-            f"{med(x.hop_cpu_ms for x in n):.2f} ms | {med(x.hop_cpu_ms for x in r):.2f} ms | "
-            f"{'/'.join(f'{med(x.backend_cpu_ms for x in v):.2f}' for v in (d, n, r))} ms | "
-            f"{'/'.join(f'{med(x.batch for x in v):.1f}' for v in (d, n, r))} | {errs} |"
-        )
+        direct = by["direct"]
+        for name, runs in by.items():
+            pairs = list(zip(runs, direct, strict=True))
+            vs = "" if name == "direct" else f"{med(a.rps / b.rps for a, b in pairs):.0%}"
+            added = (
+                "" if name == "direct" else f"{med(a.p50_ms - b.p50_ms for a, b in pairs):+.2f} ms"
+            )
+            hop = "" if name == "direct" else f"{med(x.hop_cpu_ms for x in runs):.2f} ms"
+            lines.append(
+                f"| {c} | {name} | {med(x.rps for x in runs):.0f} | {vs} | "
+                f"{med(x.p50_ms for x in runs):.2f} ms | {added} | "
+                f"{med(x.p99_ms for x in runs):.1f} ms | {hop} | "
+                f"{med(x.backend_cpu_ms for x in runs):.2f} ms | "
+                f"{med(x.batch for x in runs):.1f} | {sum(x.errors for x in runs)} |"
+            )
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateRes
 
 from components.image import deployable_ref, settings_from_dict, settings_to_dict
 from fleet import image
-from fleet.build import BUILD_ROOT, DEPS_DIR, UID, BuildSettings, push_image
+from fleet.build import BUILD_ROOT, DEPS_DIR, UID, BuildSettings, packages_layer_id, push_image
 from fleet.hashing import digest, exported_requirements, file_digest
 
 APP_DIR = "/opt/fleet/app"
@@ -61,15 +61,13 @@ def router_config(base_env: list[str]) -> dict[str, Any]:
 
 def build_router_image(ref: str, settings: BuildSettings) -> tuple[str, bool]:
     """(image id, built) of the router image `ref`; no work when the tag exists."""
-    from fleet.build import _deps_layer  # the shared packages layer (see the report)
-
     existing = image.inspect(ref)
     if existing is not None:
         return str(existing["Id"]), False
     base = image.inspect(settings.base_image)
     if base is None:
         raise RuntimeError(f"router image: base image {settings.base_image} is not in the engine")
-    deps = _deps_layer(settings, base)
+    deps = packages_layer_id(settings, base)  # the packages layer the model images share
     BUILD_ROOT.resolve().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="router-", dir=BUILD_ROOT.resolve()))
     try:
@@ -80,7 +78,7 @@ def build_router_image(ref: str, settings: BuildSettings) -> tuple[str, bool]:
         config = router_config(base["Config"].get("Env") or [])
         # The packages layer is in the engine already (fleet.build loads it once as
         # DEPS_IMAGE): reference it by diff id instead of sending a GB again.
-        image_id = image.load_image(ref, base, [deps.diff_id, app], config)
+        image_id = image.load_image(ref, base, [deps, app], config)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return image_id, True

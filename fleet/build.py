@@ -193,11 +193,6 @@ def push_image(ref: str) -> str:
     return image.push(ref)
 
 
-def _deps_layer(settings: BuildSettings, base: dict[str, Any]) -> image.Layer:
-    """Kept for components/router_image.py: use `packages_layer_id` (the tar is gone)."""
-    return image.Layer(BUILD_ROOT.resolve() / "deps", packages_layer_id(settings, base))
-
-
 def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
     """Diff id of the packages layer for the exported pins, loaded into the engine once.
 

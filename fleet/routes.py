@@ -8,7 +8,8 @@ Format (version 1)::
 
     {
       "version": 1,
-      "limits": {"max_batch": 1000, "max_body_bytes": 1048576, "timeout_s": 5.0},
+      "limits": {"max_batch": 1000, "max_body_bytes": 1048576, "timeout_s": 5.0,
+                 "backend_calls": 2},
       "routes": [
         {"path": "/probability/1/TAXI/trafficaware",
          "model": "match_probability_1_TAXI_trafficaware",
@@ -26,7 +27,9 @@ Format (version 1)::
     }
 
 - `limits` apply to every route: records per request (`max_batch`), request body size
-  (`max_body_bytes`, larger bodies get 413) and the default backend timeout.
+  (`max_body_bytes`, larger bodies get 413), the default backend timeout, and how many
+  calls may be in flight per model server before requests wait and are sent together
+  (`backend_calls`, 0 for no limit).
 - A route's `backend` is the model server's base URL; the router POSTs
   `{"records": [...]}` to `<backend>/predict` (the model server API). `inputs` are the
   signature's columns (`fleet.schema.Column`), used to validate requests before they
@@ -65,6 +68,10 @@ class RouterLimits(_Strict):
     """Largest request body in bytes; larger bodies get 413."""
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     """Default time a backend call may take before the router answers 504."""
+    backend_calls: Annotated[int, Field(ge=0, le=1024)] = 2
+    """Calls in flight per model server; requests beyond wait and go together as one
+    call of at most `max_batch` records (fleet/router/coalesce.py). 0: one call per
+    request, no limit."""
 
 
 class InputColumn(_Strict):

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from fleet.router.coalesce import Coalescer
 from fleet.router.endpoints import Handler, ModelRoute, PathEndpoint, make_route, target
 from fleet.router.metrics import UNMATCHED, RouterMetrics
 from fleet.router.proxy import Proxy
@@ -51,6 +52,7 @@ def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 
     """
     cfg = config if isinstance(config, RoutesConfig) else parse_routes_config(config)
     proxy = Proxy(max_connections=max_connections)
+    backends = Coalescer(proxy, cfg.limits.backend_calls, cfg.limits.max_batch)
     metrics = RouterMetrics()
     state = {"ready": False}
 
@@ -77,7 +79,7 @@ def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 
     for r in cfg.routes:
         proxy.add(r.backend)
     for ep, tags in _endpoints(cfg):
-        route: ModelRoute = make_route(ep, proxy, metrics, cfg.limits, tags)
+        route: ModelRoute = make_route(ep, backends, metrics, cfg.limits, tags)
         app.router.routes.append(route)
         app.fast[route.path] = route.handler
 

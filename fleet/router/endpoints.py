@@ -25,8 +25,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
+from fleet.router.coalesce import Coalescer
 from fleet.router.metrics import RouterMetrics
-from fleet.router.proxy import BackendError, Proxy
+from fleet.router.proxy import BackendError
 from fleet.router.validation import RequestProblem, RouteSchema, check_content_type
 from fleet.router.variants import Split
 from fleet.routes import RouterLimits
@@ -124,7 +125,11 @@ class ModelRoute(APIRoute):
 
 
 def make_route(
-    ep: PathEndpoint, proxy: Proxy, metrics: RouterMetrics, limits: RouterLimits, tags: list[str]
+    ep: PathEndpoint,
+    backends: Coalescer,
+    metrics: RouterMetrics,
+    limits: RouterLimits,
+    tags: list[str],
 ) -> ModelRoute:
     """The path operation of `ep`: its typed body for OpenAPI, served by its ASGI handler."""
     rng = random.Random()
@@ -150,7 +155,9 @@ def make_route(
             chosen = ep.choose(key.decode("latin-1") if key else None, rng)
             variant = chosen.model
             payload = ep.schema.dump(records, chosen.only)
-            content = await proxy.predict(chosen.backend, payload, chosen.timeout_s)
+            content = await backends.predict(
+                chosen.backend, payload, len(records), chosen.timeout_s
+            )
             status, body, headers = 200, chosen.prefix + content + b"}", chosen.headers
         except RequestProblem as problem:
             status, body = problem.status, problem.body(route=ep.path)

@@ -55,7 +55,12 @@ def test_build_routes_config_shape() -> None:
     config = build_routes_config(fleet, _resolved(fleet), _url)
     json.dumps(config)  # serialisable as is
     assert config["version"] == 1
-    assert config["limits"] == {"max_batch": 1000, "max_body_bytes": 1048576, "timeout_s": 5.0}
+    assert config["limits"] == {
+        "max_batch": 1000,
+        "max_body_bytes": 1048576,
+        "timeout_s": 5.0,
+        "backend_calls": 2,
+    }
     first = config["routes"][0]
     assert first["path"] == "/p/2/TAXI/a"
     assert first["model"] == "m_a"

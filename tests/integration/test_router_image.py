@@ -1,0 +1,121 @@
+"""The real router image: built like `pulumi up` builds it, run as the Deployment runs it.
+
+The container uses the host's network so that it can reach an echo model-server
+stand-in on the host's loopback; its routes config is mounted where the ConfigMap goes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from components.router_image import ROUTER_REPO, build_router_image, router_hash
+from components.router_manifests import CONFIG_DIR, CONFIG_FILE
+from fleet.build import UID, BuildSettings
+from fleet.image import docker, inspect
+from fleet.local import free_port
+from tests.integration.test_image import engine_reachable
+from tests.integration.test_router import Served
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ECHO = "tests.integration.test_router:echo_backend"
+
+
+@pytest.fixture(scope="module")
+def router_image() -> str:
+    if not engine_reachable():
+        pytest.skip(f"no Docker engine answers `{docker()} info`")
+    settings = BuildSettings()
+    ref = f"{settings.registry}/{ROUTER_REPO}:{router_hash(settings)}"
+    build_router_image(ref, settings)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def router_url(router_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    backend = Served.asgi(ECHO).start()
+    config_dir = tmp_path_factory.mktemp("routes")
+    config = {
+        "routes": [
+            {
+                "path": "/probability/1/TAXI/trafficaware",
+                "model": "m_taxi",
+                "version": 3,
+                "backend": f"{backend.url}/m_taxi",
+                "inputs": [{"name": "x", "type": "double", "required": True}],
+            }
+        ]
+    }
+    (config_dir / CONFIG_FILE).write_text(json.dumps(config))
+    config_dir.chmod(0o755)
+    (config_dir / CONFIG_FILE).chmod(0o644)
+    port = free_port()
+    run = [
+        docker(),
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "-v",
+        f"{config_dir}:{CONFIG_DIR}:ro",
+        router_image,
+        # The Deployment's args (components/router_manifests.py), on a free host port.
+        *("--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "127.0.0.1", "--port", str(port)),
+    ]
+    cid = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, cid)
+        yield url
+    finally:
+        subprocess.run([docker(), "rm", "-f", cid], capture_output=True)
+        backend.stop()
+
+
+def _wait_ready(url: str, cid: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    logs = subprocess.run([docker(), "logs", cid], capture_output=True, text=True)
+    raise AssertionError(f"router container not ready\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+
+
+def test_the_router_image_runs_as_non_root_with_its_entrypoint(router_image: str) -> None:
+    info = inspect(router_image)
+    assert info is not None
+    assert info["Config"]["User"] == f"{UID}:{UID}"
+    assert info["Config"]["Entrypoint"] == ["/usr/bin/python3", "-m", "fleet.router"]
+    assert info["Config"]["Labels"]["fleet.component"] == "router"
+
+
+def test_the_router_container_routes_validates_and_serves_its_docs(router_url: str) -> None:
+    path = "/probability/1/TAXI/trafficaware"
+    ok = httpx.post(router_url + path, json=[{"x": 1.5}, {"x": 2.5}], timeout=10)
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-model"] == "m_taxi" and ok.headers["x-model-version"] == "3"
+    body = ok.json()
+    assert [p["record"]["x"] for p in body["predictions"]] == [1.5, 2.5]
+    bad = httpx.post(router_url + path, json={"y": 1.0}, timeout=10)
+    assert bad.status_code == 422
+    assert {p["field"] for p in bad.json()["problems"]} == {"x", "y"}
+    assert path in httpx.get(router_url + "/openapi.json", timeout=10).json()["paths"]
+    assert "fleet_router_requests" in httpx.get(router_url + "/metrics", timeout=10).text
+
+
+def test_the_router_image_is_reused_when_nothing_changed(router_image: str) -> None:
+    settings = BuildSettings()
+    image_id, built = build_router_image(router_image, settings)
+    assert built is False
+    info = inspect(router_image)
+    assert info is not None and image_id == info["Id"]
