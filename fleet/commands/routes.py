@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
+
+from pydantic import ValidationError
 
 from fleet.commands import add_fleet_args, tracking_uri
 from fleet.registry import ResolvedModel, resolve_fleet
@@ -29,6 +32,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-batch", type=int, default=RouterLimits().max_batch)
     parser.add_argument("--max-body-bytes", type=int, default=RouterLimits().max_body_bytes)
     parser.add_argument("--timeout", type=float, default=RouterLimits().timeout_s)
+    parser.add_argument(
+        "--backend-calls",
+        type=int,
+        default=RouterLimits().backend_calls,
+        help="calls in flight per model server before requests wait and go together "
+        "as one call (0: one call per request)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,12 +51,28 @@ def backend_from_template(template: str) -> Callable[[ResolvedModel], str]:
     return url
 
 
+FLAGS = {
+    "max_batch": "--max-batch",
+    "max_body_bytes": "--max-body-bytes",
+    "timeout_s": "--timeout",
+    "backend_calls": "--backend-calls",
+}
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        limits = RouterLimits(
+            max_batch=args.max_batch,
+            max_body_bytes=args.max_body_bytes,
+            timeout_s=args.timeout,
+            backend_calls=args.backend_calls,
+        )
+    except ValidationError as exc:
+        for e in exc.errors(include_url=False):
+            print(f"error: {FLAGS[str(e['loc'][0])]}: {e['msg']}", file=sys.stderr)
+        return 2
     fleet = load_fleet(args.models).with_alias(args.alias)
     resolved = resolve_fleet(fleet, tracking_uri(args))
-    limits = RouterLimits(
-        max_batch=args.max_batch, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout
-    )
     config = build_routes_config(
         fleet, resolved, backend_from_template(args.backend_template), limits=limits
     )

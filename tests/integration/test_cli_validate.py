@@ -1,7 +1,8 @@
-"""`fleet validate` and `fleet demo-registry` on the command line, against the demo registry."""
+"""`fleet validate`, `fleet routes` and `fleet demo-registry` against the demo registry."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,16 @@ def test_validate_as_a_real_command(demo_uri: str, tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "models.yaml: line 1: model 'a': give either 'version' or 'alias'" in bad.stderr
+
+
+def test_routes_prints_the_limits_and_names_a_bad_flag(
+    demo_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["routes", "--models", str(MODELS), "--tracking-uri", demo_uri]
+    assert main([*args, "--backend-calls", "3"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["limits"]["backend_calls"] == 3
+    assert main([*args, "--timeout", "0", "--backend-calls", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--timeout: Input should be greater than 0" in err
+    assert "--backend-calls: Input should be greater than or equal to 0" in err
