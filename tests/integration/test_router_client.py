@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -84,15 +86,22 @@ async def serve(behaviour: Behaviour) -> tuple[asyncio.Server, Seen, str]:
     return server, seen, f"http://127.0.0.1:{port}"
 
 
+@asynccontextmanager
+async def backend(behaviour: Behaviour, **pool: Any) -> AsyncIterator[tuple[Proxy, str, Seen]]:
+    """(a Proxy with `pool` settings, the server's URL, what it saw) while the server runs."""
+    server, seen, url = await serve(behaviour)
+    proxy = Proxy(**{"max_connections": 8, **pool})
+    try:
+        yield proxy, url, seen
+    finally:
+        await proxy.aclose()
+        server.close()
+
+
 def run(behaviour: Behaviour, test: Callable[[Proxy, str, Seen], Awaitable[None]]) -> None:
     async def go() -> None:
-        server, seen, url = await serve(behaviour)
-        proxy = Proxy(max_connections=8)
-        try:
+        async with backend(behaviour) as (proxy, url, seen):
             await test(proxy, url, seen)
-        finally:
-            await proxy.aclose()
-            server.close()
 
     asyncio.run(go())
 
@@ -266,18 +275,13 @@ def test_error_statuses_map_to_what_the_caller_gets() -> None:
 
 def test_idle_connections_older_than_keepalive_are_not_reused() -> None:
     async def go() -> None:
-        server, seen, url = await serve(answer)
-        proxy = Proxy(keepalive_s=0.05)
-        try:
+        async with backend(answer, keepalive_s=0.05) as (proxy, url, seen):
             await proxy.predict(url, RECORDS, 5)
             await proxy.predict(url, RECORDS, 5)
             assert seen.connections == 1
             await asyncio.sleep(0.1)
             await proxy.predict(url, RECORDS, 5)
             assert seen.connections == 2
-        finally:
-            await proxy.aclose()
-            server.close()
 
     asyncio.run(go())
 

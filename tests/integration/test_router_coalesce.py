@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from fleet.router.coalesce import Coalescer
-from fleet.router.proxy import BackendError, Proxy
-from tests.integration.test_router_client import Behaviour, Seen, response, serve
+from fleet.router.proxy import BackendError
+from tests.integration.test_router_client import Behaviour, Seen, backend, response
 
 
 def records(*xs: float) -> bytes:
@@ -46,13 +46,8 @@ def run(
     max_records: int = 1000,
 ) -> None:
     async def go() -> None:
-        server, seen, url = await serve(behaviour)
-        proxy = Proxy()
-        try:
+        async with backend(behaviour) as (proxy, url, seen):
             await test(Coalescer(proxy, max_calls, max_records), url, seen)
-        finally:
-            await proxy.aclose()
-            server.close()
 
     asyncio.run(go())
 
