@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pydantic_core
 
-from fleet.router.proxy import BackendError, Proxy
+from fleet.router.proxy import BackendError, Proxy, timeout_error
 
 
 @dataclass
@@ -73,8 +73,7 @@ class Coalescer:
                 # A timeout cancels the future: a call not yet sent leaves it out.
                 return await waiting.future
         except TimeoutError:
-            message = f"model server {backend} gave no answer in {timeout_s:g} s"
-            raise BackendError(504, "backend_timeout", message, "timeout") from None
+            raise timeout_error(backend, timeout_s) from None
 
     def _drain(self, backend: str, lane: _Lane) -> None:
         """Send what waits for `backend`, as one call per free slot."""
@@ -98,13 +97,12 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _call(self, backend: str, lane: _Lane, batch: list[_Waiting]) -> None:
-        timeout_s = max(w.timeout_s for w in batch)
         try:
             if len(batch) == 1:
-                _settle(batch[0], await self.proxy.predict(backend, batch[0].records, timeout_s))
+                await self._alone(backend, batch[0])
                 return
             merged = b"[" + b",".join(w.records[1:-1] for w in batch) + b"]"
-            answer = await self.proxy.predict(backend, merged, timeout_s)
+            answer = await self.proxy.predict(backend, merged, max(w.timeout_s for w in batch))
             _split(backend, batch, answer)
         except BackendError as exc:
             if exc.kind == "rejected" and len(batch) > 1:

@@ -53,6 +53,12 @@ class BackendError(Exception):
         return json.dumps(payload).encode()
 
 
+def timeout_error(backend: str, timeout_s: float) -> BackendError:
+    """The 504 of a call to `backend` that got no answer within `timeout_s`."""
+    message = f"model server {backend} gave no answer in {timeout_s:g} s"
+    return BackendError(504, "backend_timeout", message, "timeout")
+
+
 class _Broken(Exception):
     """The connection failed during a call; `answered` if any response bytes came."""
 
@@ -65,7 +71,6 @@ class _Broken(Exception):
 class _Backend:
     """One model server: where to connect, the request head, its idle connections."""
 
-    url: str
     host: str
     port: int
     ssl: ssl.SSLContext | None
@@ -169,8 +174,7 @@ class Proxy:
             async with asyncio.timeout(timeout_s):
                 status, content = await self._post(target, body)
         except TimeoutError:
-            message = f"model server {backend} gave no answer in {timeout_s:g} s"
-            raise BackendError(504, "backend_timeout", message, "timeout") from None
+            raise timeout_error(backend, timeout_s) from None
         except _Broken as exc:
             message = f"model server {backend} broke the connection: {exc}"
             raise BackendError(502, "backend_error", message, "transport") from None
@@ -247,7 +251,7 @@ class Proxy:
             "Content-Type: application/json\r\nContent-Length: "
         ).encode("latin-1")
         context = ssl.create_default_context() if secure else None
-        target = _Backend(backend, url.hostname, port, context, head)
+        target = _Backend(url.hostname, port, context, head)
         self._backends[backend] = target
         return target
 
