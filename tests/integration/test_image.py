@@ -29,6 +29,22 @@ def engine_reachable() -> bool:
         return False
 
 
+def container_ready(cid: str, url: str, timeout_s: float) -> None:
+    """Wait for the container's `url` to answer /readyz; fail with its log if it does not."""
+
+    def alive() -> bool:
+        state = subprocess.run(
+            [docker(), "inspect", "-f", "{{.State.Running}}", cid], capture_output=True, text=True
+        )
+        return state.stdout.strip() == "true"
+
+    try:
+        wait_ready(url, timeout_s=timeout_s, alive=alive)
+    except (RuntimeError, TimeoutError) as exc:
+        logs = subprocess.run([docker(), "logs", cid], capture_output=True, text=True)
+        raise AssertionError(f"{exc}\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}") from exc
+
+
 @pytest.fixture(scope="module")
 def resolved(demo_resolved: list[ResolvedModel]) -> ResolvedModel:
     if not engine_reachable():
@@ -65,20 +81,7 @@ def container(built: ImageResult) -> Iterator[tuple[str, str]]:
             .strip()
         )
         url = f"http://127.0.0.1:{port}"
-
-        def alive() -> bool:
-            state = subprocess.run(
-                [docker(), "inspect", "-f", "{{.State.Running}}", cid],
-                capture_output=True,
-                text=True,
-            )
-            return state.stdout.strip() == "true"
-
-        try:
-            wait_ready(url, timeout_s=240, alive=alive)
-        except (RuntimeError, TimeoutError) as exc:
-            logs = subprocess.run([docker(), "logs", cid], capture_output=True, text=True)
-            raise AssertionError(f"{exc}\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}") from exc
+        container_ready(cid, url, timeout_s=240)
         yield cid, url
     finally:
         subprocess.run([docker(), "rm", "-f", cid], capture_output=True)

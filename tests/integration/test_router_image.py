@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from components.router_image import ROUTER_REPO, build_router_image, router_hash
+from components.router_image import RouterImageArgs, build_router_image, router_image_inputs
 from components.router_manifests import CONFIG_DIR, CONFIG_FILE
 from fleet.build import UID, BuildSettings
 from fleet.image import docker, inspect
 from fleet.local import free_port
-from tests.integration.test_image import engine_reachable
+from tests.integration.test_image import container_ready, engine_reachable
 from tests.integration.test_router import Served
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -32,7 +31,7 @@ def router_image() -> str:
     if not engine_reachable():
         pytest.skip(f"no Docker engine answers `{docker()} info`")
     settings = BuildSettings()
-    ref = f"{settings.registry}/{ROUTER_REPO}:{router_hash(settings)}"
+    ref = str(router_image_inputs(RouterImageArgs(settings))["image_ref"])
     build_router_image(ref, settings)
     return ref
 
@@ -71,24 +70,11 @@ def router_url(router_image: str, tmp_path_factory: pytest.TempPathFactory) -> I
     cid = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, cid)
+        container_ready(cid, url, timeout_s=120)
         yield url
     finally:
         subprocess.run([docker(), "rm", "-f", cid], capture_output=True)
         backend.stop()
-
-
-def _wait_ready(url: str, cid: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    logs = subprocess.run([docker(), "logs", cid], capture_output=True, text=True)
-    raise AssertionError(f"router container not ready\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
 
 
 def test_the_router_image_runs_as_non_root_with_its_entrypoint(router_image: str) -> None:
