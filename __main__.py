@@ -8,19 +8,26 @@ Reads like a table of contents; each step lives in `components/`:
      and the Router (routes ConfigMap, Deployment, Service, Ingress, NetworkPolicy),
   4. outputs: the router URL and, per model, version, image digest and memory.
 Building, pushing and profiling happen inside resources during `pulumi up`, and only
-for models whose content hash changed.
+for models whose content hash changed. A problem a person must fix (a bad models.yaml,
+a model missing from the registry, bad stack config) ends the program with its problems
+listed, not a traceback.
 """
 
 import pulumi
 
 from components.config import load_stack_config
 from components.program import deploy_fleet, load_models, model_outputs
+from fleet.errors import FleetError
 
-# 1. Stack config: dev, staging (alias challenger) and production (alias champion).
-config = load_stack_config()
-
-# 2. The fleet, pinned to registry versions.
-fleet, models = load_models(config)
+try:
+    # 1. Stack config: dev, staging (alias challenger) and production (alias champion).
+    config = load_stack_config()
+    # 2. The fleet, pinned to registry versions.
+    fleet, models = load_models(config)
+except FleetError as exc:
+    raise pulumi.RunError(
+        f"{len(exc.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in exc.problems)
+    ) from None
 
 # 3. Platform (namespace, pull secret), one ModelService per model, the Router.
 deployment = deploy_fleet(config, fleet, models)

@@ -18,6 +18,7 @@ import statistics
 import time
 
 from fleet.build import BuildSettings, content_hash
+
 from tests.graph.fleetgen import generated_fleet
 from tests.graph.harness import run_program
 from tests.graph.test_fleet_200 import stack_config

@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 import psutil
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
-
 from fleet.local import free_port
 from fleet.registry import ResolvedModel, default_tracking_uri, resolve_fleet
+from prometheus_client.parser import text_string_to_metric_families
+
 from fleet.routes import RouterLimits, build_routes_config
 from fleet.schema import random_records
 from fleet.spec import load_fleet

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from benchmarks.common import pss_mib, run_load
 from fleet.demo import create_demo_registry
 from fleet.registry import ResolvedModel, resolve_fleet
-from fleet.schema import random_records
 from fleet.serving.launch import prepare_model, server_command
+
+from benchmarks.common import pss_mib, run_load
+from fleet.schema import random_records
 from fleet.spec import load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent

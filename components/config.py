@@ -13,7 +13,8 @@ from typing import Any
 
 import pulumi
 
-from fleet.build import DEFAULT_BASE_IMAGE
+from fleet.errors import ConfigError
+from fleet.host.images import DEFAULT_BASE_IMAGE
 
 NAMESPACE = "fleet"
 
@@ -110,7 +111,7 @@ def load_stack_config() -> StackConfig:
     router: dict[str, Any] = cfg.get_object("router") or {}
     requests = cfg.get_int("profileRequests", 200)
     if requests < 1:
-        raise ValueError(f"fleet:profileRequests must be at least 1 (got {requests})")
+        raise ConfigError(f"fleet:profileRequests must be at least 1 (got {requests})")
     return StackConfig(
         stack=pulumi.get_stack(),
         namespace=cfg.get("namespace") or NAMESPACE,

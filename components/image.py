@@ -1,6 +1,6 @@
 """The model image as a Pulumi dynamic resource: build and push only when the hash changes.
 
-The content hash (`fleet.build.content_hash`) is computed at program time: it is pure and
+The content hash (`fleet.host.images.content_hash`) is computed at program time: it is pure and
 cheap. The provider compares it with the hash in state, so `preview` and an `up` with no
 change do no work, even on a fresh CI runner with no Docker cache; building and pushing
 happen only in `create`/`update`. The provider holds no state of its own and is pickled
@@ -9,11 +9,6 @@ by reference (its module must be importable where the engine runs the provider).
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,9 +17,10 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components.config import RegistryAuth
-from components.resolved import resolved_from_dict, resolved_to_dict
-from fleet.build import BuildSettings, build_image, content_hash, push_image
-from fleet.registry import ResolvedModel
+from fleet.host import docker_cli
+from fleet.host.images import BuildSettings, build_image, content_hash
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 
 # Inputs whose change means a different image; anything else (a rotated token, a new
 # tracking URI for the same model) must not trigger a rebuild.
@@ -53,7 +49,7 @@ def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
     """The resource's inputs; the hash is computed here, at program time, with no I/O."""
     digest = content_hash(args.resolved, args.build)
     return {
-        "model": resolved_to_dict(args.resolved),
+        "model": args.resolved.to_dict(),
         "content_hash": digest,
         "image_ref": f"{args.build.registry}/{args.resolved.model.k8s_name}:{digest}",
         "registry": args.build.registry,
@@ -68,11 +64,11 @@ def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
 
 
 def settings_to_dict(settings: BuildSettings) -> dict[str, Any]:
-    """Build settings as plain data; the project root is where the provider runs."""
+    """Build settings as plain data; project root and store are where the provider runs."""
     out: dict[str, Any] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
-        if f.name != "project_root":
+        if f.compare:  # project_root and store do not decide the image
             out[f.name] = str(value) if isinstance(value, Path) else value
     return out
 
@@ -96,38 +92,12 @@ def deployable_ref(image_ref: str, digest: str) -> str:
     return f"{image_ref.rsplit(':', 1)[0]}@{digest}"
 
 
-@contextmanager
-def _env(extra: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _login(server: str, username: str, password: str) -> None:
-    # `docker login` stores the credentials where `docker push` (fleet.build) reads them.
-    docker = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
-    subprocess.run(
-        [docker, "login", server, "--username", username, "--password-stdin"],
-        input=password.encode(),
-        check=True,
-        capture_output=True,
-    )
-
-
 def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
     """Build (cached by tag) and push the image; returns the resource's outputs."""
-    resolved = resolved_from_dict(props["model"])
+    resolved = ResolvedModel.from_dict(props["model"])
     settings = settings_from_dict(props["build"])
-    token = props.get("mlflow_token")
-    with _env({"MLFLOW_TRACKING_TOKEN": token} if token else {}):
-        result = build_image(resolved, props["tracking_uri"], settings)
+    registry = Registry(props["tracking_uri"], token=props.get("mlflow_token") or None)
+    result = build_image(resolved, registry, settings)
     if result.content_hash != props["content_hash"]:
         raise RuntimeError(
             f"model '{resolved.name}': content hash {result.content_hash} at build time is "
@@ -135,9 +105,12 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
         )
     digest = ""
     if props.get("push"):
+        login = None
         if props.get("registry_username"):
-            _login(props["registry_server"], props["registry_username"], props["registry_password"])
-        digest = push_image(result.image_ref)
+            login = docker_cli.RegistryLogin(
+                props["registry_server"], props["registry_username"], props["registry_password"]
+            )
+        digest = docker_cli.push(result.image_ref, login)
     secrets = ("registry_password", "mlflow_token")
     outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
     outs.update(

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.pod import ANNOTATION, PodParams, Text, deployment_spec, labels, pod_spec, selector
-from fleet.build import PORT
+from fleet.host.images import PORT
 from fleet.spec import Settings
 
 MODEL_PORT = PORT
-"""Port of the BentoML model server in the image (`fleet.build`)."""
+"""Port of the BentoML model server in the image (`fleet.host.images`)."""
 MODEL_COMPONENT = "model-server"
 BENTOML_HOME = "/tmp/bentoml"
 """BENTOML_HOME in the pod: the server writes there (metrics, tmp files). Set here as well
@@ -38,7 +38,7 @@ class ModelObjects:
     model_uri: str
     """`models:/<name>/<version>`."""
     content_hash: str
-    """Hash of everything in the image (`fleet.build.content_hash`)."""
+    """Hash of everything in the image (`fleet.host.images.content_hash`)."""
     settings: Settings
     """Effective settings of the model (replicas, cpu, autoscaling...)."""
     image: Text

@@ -19,8 +19,8 @@ from components.manifests import (
 )
 from components.pod import Text, mib
 from components.profile import MemoryProfile, MemoryProfileArgs
-from fleet.build import BuildSettings
-from fleet.registry import ResolvedModel
+from fleet.host.images import BuildSettings
+from fleet.resolved import ResolvedModel
 
 
 @dataclass(frozen=True)

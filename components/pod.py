@@ -14,14 +14,14 @@ from typing import Any
 
 import pulumi
 
-from fleet.build import UID
+from fleet.host.images import UID
 
 PART_OF = "model-fleet"
 MANAGED_BY = "pulumi"
 ANNOTATION = "fleet.model-fleet.io"
 """Prefix of our annotations (`fleet.model-fleet.io/model-name`)."""
 RUN_AS_USER = UID
-"""Numeric non-root user the containers run as: the image's `USER` (`fleet.build.UID`)."""
+"""Numeric non-root user the containers run as: the image's `USER` (`fleet.host.images.UID`)."""
 
 Text = str | pulumi.Output[str]
 """A string that may still be unknown at program time."""

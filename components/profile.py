@@ -16,8 +16,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from components.resolved import resolved_from_dict, resolved_to_dict
-from fleet.registry import ResolvedModel
+from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
 
 # Inputs whose change needs a new measurement.
@@ -43,7 +42,7 @@ class MemoryProfileArgs:
 
 def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
     return {
-        "model": resolved_to_dict(args.resolved),
+        "model": args.resolved.to_dict(),
         "image": args.image,
         "content_hash": args.content_hash,
         "memory": args.resolved.model.settings.memory.model_dump(mode="json"),
@@ -63,11 +62,11 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
     from profiler import LoadPlan, ProfileCache, ProfileOptions, profile
     from profiler.docker import DockerBackend
 
-    resolved = resolved_from_dict(props["model"])
+    resolved = ResolvedModel.from_dict(props["model"])
     plan = LoadPlan(duration_s=None, requests=int(props["requests"]))
     report = profile(
         resolved,
-        "",  # the image already holds the model; nothing is read from MLflow
+        None,  # the image already holds the model; nothing is read from MLflow
         backend=DockerBackend(str(props["image"])),
         options=ProfileOptions(plan=plan),
         content_hash=str(props["content_hash"]),
@@ -85,21 +84,16 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
 
 
 def rederive(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
-    """Request and limit under a new memory policy, from the measurement in state."""
-    from profiler import ProfileGateError, recommend
+    """Request and limit under a new memory policy, from the measurement in state.
+
+    `profiler.gate.rederive` derives them and applies the gate's ceiling.
+    """
+    from profiler.gate import rederive as derive
 
     policy = MemoryPolicy.model_validate(news["memory"])
-    if olds["peak_mib"] > policy.ceiling_mib:
-        raise ProfileGateError(
-            news["model"]["name"],
-            [
-                f"memory peak {olds['peak_mib']:.0f} MiB is above the ceiling of "
-                f"{policy.ceiling_mib} MiB (memory.ceiling_mib)"
-            ],
-        )
-    rec = recommend(olds["p95_mib"], olds["peak_mib"], policy)
-    keep = {k: olds[k] for k in ("idle_mib", "p95_mib", "peak_mib")}
-    return _outputs(news, rec.request_mib, rec.limit_mib, keep, olds.get("summary", ""))
+    stats = {k: float(olds[k]) for k in ("idle_mib", "p95_mib", "peak_mib")}
+    rec = derive(news["model"]["name"], stats["p95_mib"], stats["peak_mib"], policy)
+    return _outputs(news, rec.request_mib, rec.limit_mib, stats, olds.get("summary", ""))
 
 
 def _outputs(

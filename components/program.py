@@ -6,7 +6,6 @@ resolved models of their own (the demo registry, or a generated fleet of hundred
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from components.config import StackConfig, mlflow_token_for_reads
 from components.model_service import ModelService, ModelServiceArgs
 from components.platform import Platform, PlatformArgs
 from components.router import Router, RouterArgs
-from fleet.build import BuildSettings
-from fleet.registry import ResolvedModel, resolve_fleet
+from fleet.host.images import BuildSettings
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet, load_fleet
 
 
@@ -46,17 +46,8 @@ def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
     Reading the registry is the one thing the program does at program time.
     """
     fleet = load_fleet(cfg.models_file).with_alias(cfg.alias)
-    token = mlflow_token_for_reads()
-    saved = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        os.environ["MLFLOW_TRACKING_TOKEN"] = token
-    try:
-        return fleet, resolve_fleet(fleet, cfg.tracking_uri)
-    finally:
-        if token and saved is None:
-            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        elif saved is not None:
-            os.environ["MLFLOW_TRACKING_TOKEN"] = saved
+    registry = Registry.from_environment(cfg.tracking_uri).with_token(mlflow_token_for_reads())
+    return fleet, registry.resolve(fleet)
 
 
 def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) -> FleetDeployment:

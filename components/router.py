@@ -26,8 +26,8 @@ from components.router_manifests import (
     routes_configmap,
     routes_json,
 )
-from fleet.build import BuildSettings
-from fleet.registry import ResolvedModel
+from fleet.host.images import BuildSettings
+from fleet.resolved import ResolvedModel
 from fleet.routes import build_routes_config
 from fleet.spec import Fleet
 

@@ -1,8 +1,9 @@
 """The pre-deploy memory profiler: measure each model's server before it ships.
 
-For one model, `profile(resolved, tracking_uri)`:
+For one model, `profile(resolved, registry)`:
 1. starts its model server in a backend: `process` (local processes from this virtualenv,
-   `fleet.serving.launch`) or `docker` (the model image from `fleet.build` as a container);
+   `fleet.host.model_server`) or `docker` (the model image from `fleet.host.images` as a
+   container);
 2. waits until `GET /readyz` answers 200, at most `ready_timeout_s`;
 3. sends one warm-up request, then measures idle memory over `idle_s` quiet seconds;
 4. sends random valid requests generated from the signature (`fleet.schema`), single
@@ -40,16 +41,16 @@ one under `.fleet/profiles/failed/`):
      "policy": {MemoryPolicy fields}, "recommendation": {"request_mib", "limit_mib": int},
      "problems": [str], "passed": bool}
 
-The cache is keyed by the model image's content hash (`fleet.build.content_hash`): a
+The cache is keyed by the model image's content hash (`fleet.host.images.content_hash`): a
 model whose hash has a passing report is not profiled again; its recommendation is
 recomputed under the current policy. `profile_fleet` runs many models with bounded
 parallelism and progress lines. See docs/profiler.md.
 """
 
 from profiler.cache import ProfileCache
-from profiler.fleet import Outcome, profile_fleet
 from profiler.gate import ProfileGateError
 from profiler.load import LoadPlan
+from profiler.parallel import Outcome, profile_fleet
 from profiler.policy import Recommendation, recommend
 from profiler.report import Report
 from profiler.run import ProfileOptions, profile

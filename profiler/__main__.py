@@ -2,6 +2,6 @@
 
 import sys
 
-from profiler.cli import main
+from fleet.cli import main
 
-sys.exit(main())
+sys.exit(main(["profile", *sys.argv[1:]]))

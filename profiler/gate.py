@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from fleet.errors import FleetError
 from fleet.spec import MemoryPolicy
+from profiler.policy import Recommendation, recommend
 
 if TYPE_CHECKING:
     from profiler.report import LoadStats, MemoryStats, Report
 
 
-class ProfileGateError(RuntimeError):
+class ProfileGateError(FleetError):
     """A model failed the profile gate; the message says why, with the server's last log lines."""
 
     def __init__(
@@ -27,16 +29,17 @@ class ProfileGateError(RuntimeError):
         log_tail: Sequence[str] = (),
         report: Report | None = None,
     ) -> None:
-        self.model = model
+        lines = [f"model '{model}' failed the profile gate:"]
+        lines += [f"  - {p}" for p in problems]
+        if log_tail:
+            lines.append("  last lines of the server log:")
+            lines += [f"    | {line}" for line in log_tail]
+        super().__init__(lines)
+        # The gate's own reasons, without the header and log (reports and tests read them).
         self.problems = list(problems)
+        self.model = model
         self.log_tail = list(log_tail)
         self.report = report
-        lines = [f"model '{model}' failed the profile gate:"]
-        lines += [f"  - {p}" for p in self.problems]
-        if self.log_tail:
-            lines.append("  last lines of the server log:")
-            lines += [f"    | {line}" for line in self.log_tail]
-        super().__init__("\n".join(lines))
 
 
 def load_problems(load: LoadStats) -> list[str]:
@@ -54,12 +57,28 @@ def load_problems(load: LoadStats) -> list[str]:
 
 def memory_problems(memory: MemoryStats, policy: MemoryPolicy) -> list[str]:
     """Memory above the ceiling."""
-    if memory.peak_mib > policy.ceiling_mib:
+    return _ceiling_problems(memory.peak_mib, policy)
+
+
+def _ceiling_problems(peak_mib: float, policy: MemoryPolicy) -> list[str]:
+    if peak_mib > policy.ceiling_mib:
         return [
-            f"memory peak {memory.peak_mib:.0f} MiB is above the ceiling of "
+            f"memory peak {peak_mib:.0f} MiB is above the ceiling of "
             f"{policy.ceiling_mib} MiB (memory.ceiling_mib)"
         ]
     return []
+
+
+def rederive(model: str, p95_mib: float, peak_mib: float, policy: MemoryPolicy) -> Recommendation:
+    """Request and limit for a stored measurement under `policy` (`profiler.policy`).
+
+    Raises ProfileGateError when the peak is above the policy's ceiling. The Pulumi
+    component calls this when only a model's memory policy changed.
+    """
+    problems = _ceiling_problems(peak_mib, policy)
+    if problems:
+        raise ProfileGateError(model, problems)
+    return recommend(p95_mib, peak_mib, policy)
 
 
 def problems_of(report: Report, policy: MemoryPolicy) -> list[str]:

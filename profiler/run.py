@@ -12,23 +12,22 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import httpx
 
-from fleet.registry import ResolvedModel
+from fleet.host.images import BuildSettings, content_hash
+from fleet.host.processes import wait_ready
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
 from fleet.spec import MemoryPolicy
-from profiler.backends import Backend, ProcessBackend, Server, wait_ready
+from profiler.backends import Backend, ProcessBackend, Server
 from profiler.cache import ProfileCache
 from profiler.gate import ProfileGateError, problems_of
 from profiler.load import LoadPlan, LoadResult, check_answer, run_load
 from profiler.memory import MIB, MemorySampler, percentile
 from profiler.policy import recommend
 from profiler.report import LoadStats, MemoryStats, PhaseStats, Report
-
-if TYPE_CHECKING:
-    from fleet.build import BuildSettings
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,7 @@ class ProfileOptions:
 
 
 def content_hash_of(resolved: ResolvedModel, build: BuildSettings | None = None) -> str:
-    """The model image's content hash (fleet.build), the key of the report cache."""
-    from fleet.build import BuildSettings, content_hash
-
+    """The model image's content hash (`fleet.host.images`), the key of the report cache."""
     return content_hash(resolved, build or BuildSettings())
 
 
@@ -69,7 +66,7 @@ def make_backend(name: str, build: BuildSettings | None = None) -> Backend:
 
 def profile(
     resolved: ResolvedModel,
-    tracking_uri: str,
+    registry: Registry | None,
     *,
     backend: Backend | str = "process",
     options: ProfileOptions | None = None,
@@ -77,6 +74,9 @@ def profile(
     cache: ProfileCache | None = None,
 ) -> Report:
     """Profile `resolved` and return its report; raises ProfileGateError when the gate fails.
+
+    `registry` is where the process backend (or an image build) reads the model from;
+    None when the backend runs an image that holds it already.
 
     With a `cache`, a report stored under the content hash is returned instead (marked
     `cached`, its recommendation recomputed under the model's current policy).
@@ -89,9 +89,9 @@ def profile(
     if cache is not None:
         hit = cache.get(digest)
         if hit is not None:
-            return _judge(replace(hit, cached=True), policy)
+            return judge(replace(hit, cached=True), policy)
     chosen = make_backend(backend, opts.build) if isinstance(backend, str) else backend
-    server = chosen.start(resolved, tracking_uri)
+    server = chosen.start(resolved, registry)
     try:
         memory, load = _measure(server, resolved, opts)
         tail = server.log_tail(opts.log_lines) if load.errors else []
@@ -117,7 +117,7 @@ def profile(
     return report
 
 
-def _judge(report: Report, policy: MemoryPolicy) -> Report:
+def judge(report: Report, policy: MemoryPolicy) -> Report:
     """A cached report under the current policy (margins or the ceiling may have changed)."""
     rec = recommend(report.memory.p95_mib, report.memory.peak_mib, policy)
     report = replace(report, policy=policy.model_dump(), recommendation=rec)
@@ -131,12 +131,17 @@ def _measure(
     server: Server, resolved: ResolvedModel, opts: ProfileOptions
 ) -> tuple[MemoryStats, LoadStats]:
     with MemorySampler(server.memory_bytes, opts.sample_interval_s) as sampler:
-        wait_ready(server, resolved.name, opts.ready_timeout_s, log_lines=opts.log_lines)
+        for _, why in wait_ready([server], opts.ready_timeout_s):
+            raise ProfileGateError(
+                resolved.name,
+                [f"server never ready: {why}"],
+                log_tail=server.log_tail(opts.log_lines),
+            )
         _warm_up(server, resolved, opts)
         quiet = time.monotonic()
         time.sleep(opts.idle_s)
         start = time.monotonic()
-        result = run_load(server.base_url, resolved.inputs, opts.plan)
+        result = run_load(server.url, resolved.inputs, opts.plan)
         end = time.monotonic()
         # A few more samples: memory freed or grown right after the last answer counts too.
         time.sleep(3 * opts.sample_interval_s)
@@ -166,7 +171,7 @@ def _warm_up(server: Server, resolved: ResolvedModel, opts: ProfileOptions) -> N
     record = random_records(resolved.inputs, 1, seed=opts.plan.seed)
     try:
         response = httpx.post(
-            f"{server.base_url}/predict", json={"records": record}, timeout=opts.plan.timeout_s
+            f"{server.url}/predict", json={"records": record}, timeout=opts.plan.timeout_s
         )
         problem = check_answer(response, 1)
     except httpx.HTTPError as exc:

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fleet.demo import create_demo_registry
 from fleet.registry import ResolvedModel, resolve_fleet
+
 from fleet.spec import Fleet, load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,17 @@
-"""Subcommands of `fleet`; each module has `register(subparsers)`."""
+"""Subcommands of `fleet`, one module each with `register(subparsers)`; thin over the host layer.
+
+A command reads its arguments, calls the core and the host layer, prints, and returns
+an exit code. Errors a person must fix are `fleet.errors.FleetError`s, reported by the
+one handler in `fleet.cli`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from fleet.registry import default_tracking_uri
+from fleet.host.registry import Registry
+from fleet.spec import Fleet, load_fleet
 
 
 def add_fleet_args(parser: argparse.ArgumentParser) -> None:
@@ -23,5 +29,11 @@ def add_fleet_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def tracking_uri(args: argparse.Namespace) -> str:
-    return str(args.tracking_uri or default_tracking_uri())
+def registry(args: argparse.Namespace) -> Registry:
+    """The registry of `--tracking-uri`, with the credentials of the environment."""
+    return Registry.from_environment(args.tracking_uri)
+
+
+def fleet_of(args: argparse.Namespace) -> Fleet:
+    """The fleet of `--models` on `--alias`."""
+    return load_fleet(args.models).with_alias(args.alias)

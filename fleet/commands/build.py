@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from fleet.build import (
+from fleet.commands import add_fleet_args, fleet_of, registry
+from fleet.errors import FleetError
+from fleet.host.images import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_REGISTRY,
-    BuildError,
     BuildSettings,
     build_bento,
     build_image,
 )
-from fleet.commands import add_fleet_args, tracking_uri
-from fleet.registry import resolve_fleet
-from fleet.spec import load_fleet
 
 
 def register(sub: Any) -> None:
@@ -42,14 +41,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fleet = load_fleet(args.models).with_alias(args.alias)
+    if args.ca_bundle is not None and not args.ca_bundle.is_file():
+        print(f"error: --ca-bundle {args.ca_bundle} is not a file", file=sys.stderr)
+        return 2
+    fleet = fleet_of(args)
     if args.names:
         fleet = fleet.only(args.names)
-    uri = tracking_uri(args)
-    resolved = resolve_fleet(fleet, uri)
-    if args.ca_bundle is not None and not args.ca_bundle.is_file():
-        print(f"error: --ca-bundle {args.ca_bundle} is not a file")
-        return 2
+    source = registry(args)
+    resolved = source.resolve(fleet)
     settings = BuildSettings(
         registry=args.registry, base_image=args.base_image, ca_bundle=args.ca_bundle
     )
@@ -58,14 +57,16 @@ def run(args: argparse.Namespace) -> int:
     for r in resolved:
         try:
             if args.image:
-                image = build_image(r, uri, settings)
+                image = build_image(r, source, settings)
                 what, built, chash = image.image_ref, image.built, image.content_hash
             else:
-                bento = build_bento(r, uri, settings)
+                bento = build_bento(r, source, settings)
                 what, built, chash = bento.tag, bento.built, bento.content_hash
-        except BuildError as exc:
-            print(f"{r.name:<{width}}  failed: {exc}")
+        except FleetError as exc:  # one broken model does not stop the others
+            print(f"{r.name:<{width}}  failed: {exc}", flush=True)
             failed += 1
             continue
         print(f"{r.name:<{width}}  {chash}  {'built' if built else 'cached'}  {what}", flush=True)
+    if failed:
+        print(f"error: {failed} of {len(resolved)} model(s) failed to build", file=sys.stderr)
     return 1 if failed else 0

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fleet.registry import LOCAL_HOME, default_tracking_uri
+from fleet.host.environment import LOCAL_HOME
+from fleet.host.registry import Registry, local_tracking_uri
 
 
 def register(sub: Any) -> None:
@@ -21,14 +22,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: fleet.demo pulls in pandas, scikit-learn and mlflow.pyfunc, which
-    # every other command (all of them build this parser) would otherwise pay for.
-    from fleet.demo import create_demo_registry
+    # Imported here: the demo pulls in pandas and mlflow.pyfunc, which every other command
+    # (all of them build this parser) would otherwise pay for.
+    from fleet.host.demo_registry import create_demo_registry
 
     home: Path = args.home
     home.mkdir(parents=True, exist_ok=True)
-    uri = args.tracking_uri or default_tracking_uri(home)
-    print(f"demo registry at {uri}")
-    names = create_demo_registry(uri, home / "artifacts")
+    registry = Registry.from_environment(args.tracking_uri or local_tracking_uri(home))
+    print(f"demo registry at {registry.uri}")
+    names = create_demo_registry(registry, home / "artifacts")
     print(f"ok: {len(names)} models, alias 'champion' on each")
     return 0

@@ -10,10 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleet.commands import add_fleet_args, tracking_uri
-from fleet.registry import ResolvedModel, resolve_fleet
+from fleet.commands import add_fleet_args, fleet_of, registry
+from fleet.resolved import ResolvedModel
 from fleet.routes import RouterLimits, build_routes_config
-from fleet.spec import load_fleet
 
 DEFAULT_BACKEND = "http://{k8s_name}:3000"
 
@@ -71,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         for e in exc.errors(include_url=False):
             print(f"error: {FLAGS[str(e['loc'][0])]}: {e['msg']}", file=sys.stderr)
         return 2
-    fleet = load_fleet(args.models).with_alias(args.alias)
-    resolved = resolve_fleet(fleet, tracking_uri(args))
+    fleet = fleet_of(args)
+    resolved = registry(args).resolve(fleet)
     config = build_routes_config(
         fleet, resolved, backend_from_template(args.backend_template), limits=limits
     )

@@ -13,15 +13,18 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleet.commands import add_fleet_args, tracking_uri
-from fleet.local import Child, Supervisor, free_port, port_is_free
-from fleet.registry import LOCAL_HOME, ResolvedModel, is_default_local, resolve_fleet
+from fleet.commands import add_fleet_args, fleet_of, registry
+from fleet.host.environment import LOCAL_HOME
+from fleet.host.model_server import server_command
+from fleet.host.model_store import ModelStore
+from fleet.host.processes import Child, Supervisor, free_port, port_is_free
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
+from fleet.routes import build_routes_config
 from fleet.schema import random_records
-from fleet.spec import load_fleet
 
 READY_TIMEOUT_S = 300.0
 
@@ -49,15 +52,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fleet = load_fleet(args.models).with_alias(args.alias)
+    fleet = fleet_of(args)
     if args.only:
         fleet = fleet.only(args.only)
-    uri = tracking_uri(args)
-    _ensure_registry(uri)
-    resolved = resolve_fleet(fleet, uri)
-
-    from fleet.routes import build_routes_config
-    from fleet.serving.launch import prepare_model, server_command
+    source = registry(args)
+    _ensure_registry(source)
+    resolved = source.resolve(fleet)
+    store = ModelStore.from_environment()
 
     run_dir = LOCAL_HOME / "serve" / str(os.getpid())
     sup = Supervisor(log_dir=run_dir / "logs")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         def start_and_wait(models: list[ResolvedModel]) -> None:
             for model in models:
                 port = free_port()
-                argv, env = server_command(model, port, bento_model_tag=tags[model.name])
+                argv, env = server_command(model, port, store, bento_model_tag=tags[model.name])
                 url = f"http://127.0.0.1:{port}"
                 servers[model.name] = sup.start(model.name, argv, env, url)
             sup.wait_ready(
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
         for i, model in enumerate(resolved, 1):
             _say(f"[{i}/{len(resolved)}] preparing {model.name} v{model.version}")
-            tags[model.name] = prepare_model(model, uri)
+            tags[model.name] = store.import_model(model, source)
         _say(f"starting {len(resolved)} model servers ...")
         start_and_wait(resolved)
         # A port picked free can be taken by another server's own sockets before this one
@@ -143,23 +144,15 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _ensure_registry(uri: str) -> None:
+def _ensure_registry(source: Registry) -> None:
     """Create the demo registry when the default local registry is empty."""
-    if not is_default_local(uri) or _has_models(uri):
+    if not source.is_local() or source.has_models():
         return
-    from fleet.demo import create_demo_registry
+    from fleet.host.demo_registry import create_demo_registry
 
-    _say(f"no registry at {uri}: creating the demo registry (about a minute, once)")
+    _say(f"no registry at {source.uri}: creating the demo registry (about a minute, once)")
     LOCAL_HOME.mkdir(parents=True, exist_ok=True)
-    create_demo_registry(uri, LOCAL_HOME / "artifacts", progress=_say)
-
-
-def _has_models(uri: str) -> bool:
-    if not Path(uri.removeprefix("sqlite:///")).exists():
-        return False
-    from mlflow import MlflowClient
-
-    return bool(MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models())
+    create_demo_registry(source, LOCAL_HOME / "artifacts", progress=_say)
 
 
 def _router_port(requested: int | None, host: str) -> int:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fleet.commands import add_fleet_args, tracking_uri
-from fleet.registry import resolve_fleet
-from fleet.spec import load_fleet
+from fleet.commands import add_fleet_args, fleet_of, registry
 
 
 def register(sub: Any) -> None:
@@ -19,8 +17,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fleet = load_fleet(args.models).with_alias(args.alias)
-    resolved = resolve_fleet(fleet, tracking_uri(args))
+    fleet = fleet_of(args)
+    resolved = registry(args).resolve(fleet)
     by_name = {r.name: r for r in resolved}
     width = max(len(r.model.route) for r in resolved) if resolved else 0
     for r in resolved:

@@ -7,8 +7,9 @@ import sys
 
 import uvicorn
 
+from fleet.errors import RoutesConfigError
 from fleet.router.app import create_app
-from fleet.routes import RoutesConfigError, load_routes_config
+from fleet.router.config import load_routes_config
 
 
 def main(argv: list[str] | None = None) -> int:

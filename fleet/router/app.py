@@ -14,12 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from fleet.router.coalesce import Coalescer
+from fleet.router.config import RoutesConfig, parse_routes_config
 from fleet.router.endpoints import Handler, ModelRoute, PathEndpoint, make_route, target
 from fleet.router.metrics import UNMATCHED, RouterMetrics
 from fleet.router.proxy import Proxy
 from fleet.router.validation import RouteSchema, merged_columns
 from fleet.router.variants import Split
-from fleet.routes import RoutesConfig, parse_routes_config
 
 _JSON = "application/json"
 

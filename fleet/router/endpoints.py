@@ -26,11 +26,11 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from fleet.router.coalesce import Coalescer
+from fleet.router.config import RouterLimits
 from fleet.router.metrics import RouterMetrics
 from fleet.router.proxy import BackendError
 from fleet.router.validation import RequestProblem, RouteSchema, check_content_type
 from fleet.router.variants import Split
-from fleet.routes import RouterLimits
 from fleet.schema import random_records
 
 log = logging.getLogger("fleet.router")

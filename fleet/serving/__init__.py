@@ -1,6 +1,8 @@
 """The model server: one BentoML service that serves any model of the fleet.
 
-`fleet.serving.service` is the BentoML service (imported inside every model image and by
-`bentoml serve`); `fleet.serving.launch` prepares a model and starts a server locally.
-Per-model settings reach the service through the environment (see `fleet.serving.config`).
+Only what runs inside every model image lives here: these files (with `fleet.schema`
+and `fleet.errors`, `fleet.hashing.MODEL_IMAGE_CODE`) are the image's code and its code
+hash, so host-side edits rebuild no model. `fleet.serving.service` is the BentoML
+service (run by `bentoml serve` in the image, and locally by `fleet.host.model_server`).
+Per-model settings reach it through the environment (see `fleet.serving.config`).
 """

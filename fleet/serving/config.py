@@ -1,7 +1,7 @@
 """Per-model settings of the model server, read from the environment.
 
-One service code serves every model: the launcher (`fleet.serving.launch`) or the model
-image sets these variables, and `ServerConfig.from_env` reads them once at import time of
+One service code serves every model: the host layer (`fleet.host.model_server`) or the
+model image sets these variables, and `ServerConfig.from_env` reads them once at import time of
 the service.
 """
 

@@ -6,8 +6,9 @@ import hashlib
 import json
 from typing import Any
 
-from components.manifests import MODEL_PORT
 from fleet.registry import ResolvedModel
+
+from components.manifests import MODEL_PORT
 from fleet.spec import Fleet
 from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture, fake_memory
 from tests.graph.k8s_schema import schema_errors

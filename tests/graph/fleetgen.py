@@ -7,8 +7,8 @@ import dataclasses
 import hashlib
 
 import yaml
-
 from fleet.registry import ResolvedModel
+
 from fleet.schema import Column
 from fleet.spec import Fleet, Model, parse_fleet
 

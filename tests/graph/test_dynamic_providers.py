@@ -21,6 +21,8 @@ from pathlib import Path
 import dill
 import httpx
 import pytest
+from components.resolved import resolved_from_dict, resolved_to_dict
+from fleet.build import UID, BuildSettings, content_hash, image_ref
 from pulumi.dynamic.dynamic import serialize_provider
 
 from components.image import ModelImageArgs as ImageArgs
@@ -37,10 +39,8 @@ from components.profile import (
     profile_inputs,
     rederive,
 )
-from components.resolved import resolved_from_dict, resolved_to_dict
 from components.router_image import RouterImageArgs, RouterImageProvider, router_image_inputs
 from components.router_manifests import CONFIG_DIR
-from fleet.build import UID, BuildSettings, content_hash, image_ref
 from profiler import ProfileGateError
 from tests.graph.fleetgen import generated_fleet, with_new_version
 

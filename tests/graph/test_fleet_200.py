@@ -7,10 +7,10 @@ from typing import Any
 
 import pulumi
 import pytest
+from fleet.registry import ResolvedModel
 
 from components.config import IngressConfig, RegistryAuth, RouterConfig, StackConfig
 from components.program import deploy_fleet
-from fleet.registry import ResolvedModel
 from fleet.spec import Fleet
 from tests.graph import checks
 from tests.graph.fleetgen import generated_fleet, with_new_version

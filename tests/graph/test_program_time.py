@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import fleet.build
 import pulumi
 
 import components.image
-import fleet.build
 import profiler
 from components.program import deploy_fleet
 from tests.graph.fleetgen import generated_fleet

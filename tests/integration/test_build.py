@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fleet.build import BuildSettings, content_hash
-from fleet.cli import main
 from fleet.registry import ResolvedModel
+
+from fleet.cli import main
 
 MODEL = "demand_forecast_1"
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from fleet.cli import main
 from fleet.demo import MATCH_INPUTS
 from fleet.registry import ResolvedModel
+
+from fleet.cli import main
 from fleet.spec import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]

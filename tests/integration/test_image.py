@@ -10,12 +10,12 @@ import httpx
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-
 from fleet.build import PORT, UID, BuildSettings, ImageResult, build_image, content_hash
 from fleet.image import docker, inspect
 from fleet.registry import ResolvedModel
-from fleet.schema import random_records
 from fleet.serving.launch import wait_ready
+
+from fleet.schema import random_records
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet.registry import ResolvedModel
 
 from fleet.cli import main as fleet_main
-from fleet.registry import ResolvedModel
 from profiler import LoadPlan, Outcome, ProfileCache, ProfileOptions, profile_fleet
 
 SMALL = "match_probability_1_TAXI_trafficaware"

@@ -13,8 +13,8 @@ import subprocess
 from typing import Any
 
 import pytest
-
 from fleet.registry import ResolvedModel
+
 from profiler import LoadPlan, ProfileGateError, ProfileOptions, profile
 from profiler.docker import LABEL, DockerBackend
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from fleet.registry import ResolvedModel
+from profiler.fleet import profile_fleet
+
 from fleet.schema import Column
 from fleet.spec import MemoryPolicy, Model, Settings
 from profiler import LoadPlan, ProfileCache, ProfileGateError, ProfileOptions, profile
 from profiler.backends import ProcessBackend
-from profiler.fleet import profile_fleet
 from tests.integration.test_profiler_stub import COLUMNS as STUB_COLUMNS
 
 STUB = Path(__file__).with_name("test_profiler_stub.py")

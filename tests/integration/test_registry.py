@@ -11,10 +11,6 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
-from mlflow.models import ModelSignature, get_model_info
-from mlflow.types import ColSpec, Schema
-
 from fleet.demo import MATCH_INPUTS, create_demo_registry
 from fleet.registry import (
     ResolutionError,
@@ -23,6 +19,10 @@ from fleet.registry import (
     is_default_local,
     resolve_fleet,
 )
+from mlflow import MlflowClient
+from mlflow.models import ModelSignature, get_model_info
+from mlflow.types import ColSpec, Schema
+
 from fleet.schema import Column
 from fleet.spec import Fleet, parse_fleet
 

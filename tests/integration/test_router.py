@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fleet.local import free_port
 from fleet.registry import ResolvedModel
+
 from fleet.routes import RouterLimits, build_routes_config
 from fleet.schema import random_records
 from fleet.spec import Fleet

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from fleet.local import free_port
 from fleet.registry import ResolvedModel
+
 from fleet.routes import build_routes_config
 from fleet.schema import random_records
 from fleet.spec import Fleet

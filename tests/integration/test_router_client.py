@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from fleet.local import free_port
+
 from fleet.router.proxy import BackendError, Proxy
 
 RECORDS = b'[{"x":1.0}]'

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from fleet.local import free_port
+
 from tests.integration.test_router import Served
 
 pytestmark = pytest.mark.slow

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from components.router_image import RouterImageArgs, build_router_image, router_image_inputs
-from components.router_manifests import CONFIG_DIR, CONFIG_FILE
 from fleet.build import UID, BuildSettings
 from fleet.image import docker, inspect
 from fleet.local import free_port
+
+from components.router_image import RouterImageArgs, build_router_image, router_image_inputs
+from components.router_manifests import CONFIG_DIR, CONFIG_FILE
 from tests.integration.test_image import container_ready, engine_reachable
 from tests.integration.test_router import Served
 

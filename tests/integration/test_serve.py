@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from fleet.local import free_port
 from fleet.registry import ResolvedModel
+
 from fleet.schema import random_records
 from fleet.spec import Fleet
 from tests.conftest import ROOT

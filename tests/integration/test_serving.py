@@ -15,10 +15,10 @@ import httpx
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-
 from fleet.registry import ResolvedModel
-from fleet.schema import random_records
 from fleet.serving.launch import prepare_model, server_command, wait_ready
+
+from fleet.schema import random_records
 
 pytestmark = pytest.mark.slow
 

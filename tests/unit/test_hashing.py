@@ -8,10 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from fleet.build import BuildSettings, content_hash, image_ref
-from fleet.hashing import exported_requirements, service_files
 from fleet.registry import ResolvedModel
+
+from fleet.hashing import exported_requirements, service_files
 from fleet.schema import Column
 from fleet.spec import parse_fleet
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from profiler.cli import main
 
 from fleet.cli import main as fleet_main
-from profiler.cli import main
 
 
 def test_models_or_all_must_be_given(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fleet.registry import ResolvedModel
 
 from fleet.cli import main
-from fleet.registry import ResolvedModel
 from fleet.routes import (
     RouterLimits,
     RoutesConfigError,

@@ -12,7 +12,6 @@ Every model gets a signature, an input example and the aliases `champion` and `c
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,8 @@ import cloudpickle
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+from fleet.host.registry import Registry
 
 MATCH_INPUTS = (
     "route_decision_score",
@@ -112,23 +113,31 @@ def _train_big_demand(seed: int) -> tuple[Any, pd.DataFrame, Any]:
 
 
 def create_demo_registry(
-    tracking_uri: str,
-    artifact_root: Path,
-    progress: Callable[[str], None] = print,
+    registry: Registry, artifact_root: Path, progress: Callable[[str], None] = print
 ) -> list[str]:
-    """Train and register every demo model; returns their names. Idempotent per name."""
+    """Train and register every demo model into `registry`; their names. Idempotent per name.
+
+    Runs in the registry worker (`fleet.host.worker demo-registry`), whose environment
+    carries the registry's URI.
+    """
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    answer = registry.call(
+        "demo-registry", {"artifact_root": str(artifact_root.resolve())}, progress=progress
+    )
+    return [str(n) for n in answer["names"]]
+
+
+def train_and_register(artifact_root: Path, progress: Callable[[str], None]) -> list[str]:
+    """The worker's side of `create_demo_registry`: MLflow's URIs come from the environment."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION", "false")
     # The pyfunc class travels inside the model, so the model loads without this package.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = (
         exp.experiment_id

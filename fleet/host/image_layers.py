@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fleet.host import docker_cli
+
 EPOCH = "1970-01-01T00:00:00Z"  # a fixed creation time: same inputs, same image id
-
-
-class ImageError(RuntimeError):
-    """A Docker call failed; the message has the command's output."""
 
 
 @dataclass(frozen=True)
@@ -34,37 +29,6 @@ class Layer:
 
     path: Path
     diff_id: str
-
-
-def docker() -> str:
-    """The Docker CLI: `$DOCKER`, else /usr/bin/docker, else `docker` on PATH."""
-    env = os.environ.get("DOCKER")
-    if env:
-        return env
-    return (
-        "/usr/bin/docker"
-        if Path("/usr/bin/docker").exists()
-        else shutil.which("docker") or "docker"
-    )
-
-
-def run_docker(*args: str, stdin: IO[bytes] | None = None) -> str:
-    proc = subprocess.run([docker(), *args], capture_output=True, stdin=stdin, check=False)
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).decode(errors="replace")[-2000:]
-        raise ImageError(f"docker {' '.join(args[:3])} failed: {err}")
-    return proc.stdout.decode()
-
-
-def inspect(ref: str) -> dict[str, Any] | None:
-    """`docker image inspect` of `ref`, or None when there is no such image."""
-    proc = subprocess.run(
-        [docker(), "image", "inspect", ref], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        return None
-    found: list[dict[str, Any]] = json.loads(proc.stdout)
-    return found[0] if found else None
 
 
 class _Sha256Writer:
@@ -164,16 +128,5 @@ def load_image(
                 if isinstance(layer, Layer):
                     tar.add(layer.path, arcname=f"{layer.diff_id.split(':')[1]}/layer.tar")
         archive.seek(0)
-        run_docker("load", "--quiet", stdin=archive)
+        docker_cli.check("load", "--quiet", stdin=archive)
     return image_id
-
-
-def push(ref: str) -> str:
-    """Push `ref`; returns its repository digest (`name@sha256:...`)."""
-    run_docker("push", ref)
-    info = inspect(ref) or {}
-    name = ref.rsplit(":", 1)[0]
-    digests = [d for d in info.get("RepoDigests", []) if d.startswith(name + "@")]
-    if not digests:
-        raise ImageError(f"docker push {ref}: the engine reports no repository digest")
-    return str(digests[0])

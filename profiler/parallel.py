@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from fleet.registry import ResolvedModel
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from profiler.backends import Backend
 from profiler.cache import ProfileCache
 from profiler.gate import ProfileGateError
@@ -46,7 +47,7 @@ class Outcome:
 
 def profile_fleet(
     models: list[ResolvedModel],
-    tracking_uri: str,
+    registry: Registry | None,
     *,
     backend: Backend | str = "process",
     options: ProfileOptions | None = None,
@@ -64,7 +65,7 @@ def profile_fleet(
     lock = threading.Lock()
 
     def one(resolved: ResolvedModel) -> Outcome:
-        outcome = _one(resolved, tracking_uri, backend, opts, cache, digest)
+        outcome = _one(resolved, registry, backend, opts, cache, digest)
         nonlocal done
         with lock:
             done += 1
@@ -82,7 +83,7 @@ def profile_fleet(
 
 def _one(
     resolved: ResolvedModel,
-    tracking_uri: str,
+    registry: Registry | None,
     backend: Backend | str,
     opts: ProfileOptions,
     cache: ProfileCache | None,
@@ -94,7 +95,7 @@ def _one(
     try:
         report = profile(
             resolved,
-            tracking_uri,
+            registry,
             backend=backend,
             options=opts,
             content_hash=digest(resolved),

@@ -1,0 +1,79 @@
+"""How one model server is started on this machine: its argv and its environment.
+
+The server is `bentoml serve fleet.serving.service:ModelServer` from the current
+virtualenv; everything model-specific reaches it through environment variables
+(`fleet.serving.config.ServerConfig`). Used by `fleet serve` and the profiler's
+process backend; the model image runs the same service from its bento.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fleet.host.model_store import ModelStore, model_tag
+from fleet.resolved import ResolvedModel
+from fleet.serving.config import ServerConfig
+
+SERVICE = "fleet.serving.service:ModelServer"
+# The source root that holds the `fleet` package, so `bentoml serve` can import it.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def server_config(resolved: ResolvedModel, bento_model_tag: str | None = None) -> ServerConfig:
+    """The model server settings of `resolved` (its signature and batching settings)."""
+    batching = resolved.model.settings.batching
+    return ServerConfig(
+        model_name=resolved.name,
+        model_tag=bento_model_tag or model_tag(resolved),
+        inputs=tuple(resolved.inputs),
+        batching=batching.enabled,
+        max_batch_size=batching.max_batch_size,
+        max_latency_ms=batching.max_latency_ms,
+    )
+
+
+def server_env(store: ModelStore) -> dict[str, str]:
+    """Environment every local model server (and `bentoml build`) gets besides its model's."""
+    return {
+        **store.env(),
+        # MLflow checks the model's pip requirements against the environment on load.
+        "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def server_command(
+    resolved: ResolvedModel,
+    port: int,
+    store: ModelStore,
+    *,
+    bento_model_tag: str | None = None,
+    host: str = "127.0.0.1",
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that start one model server for `resolved` on host:port.
+
+    The model must be in `store` (`ModelStore.import_model`). Start it with
+    `fleet.host.processes.Supervisor.start`; it answers `GET /readyz` with 200 once the
+    model is loaded.
+    """
+    env = {**server_config(resolved, bento_model_tag).to_env(), **server_env(store)}
+    env["BENTOML_HOME"] = str(store.server_home(port))
+    return serve_argv(host, port), env
+
+
+def serve_argv(host: str, port: int, working_dir: Path = SOURCE_ROOT) -> list[str]:
+    """`bentoml serve` of the fleet service from the current interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE,
+        "--working-dir",
+        str(working_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
