@@ -19,7 +19,8 @@ from components.router import Router, RouterArgs
 from fleet.host.images import BuildSettings
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
-from fleet.spec import Fleet, load_fleet
+from fleet.spec import Fleet
+from fleet.specfile import load_fleet
 
 
 @dataclass(frozen=True)

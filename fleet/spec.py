@@ -14,7 +14,6 @@ names the model (or experiment), the field and the line of the file.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -28,19 +27,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fleet.errors import SpecError
 from fleet.naming import k8s_name
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
-
-
-class SpecError(ValueError):
-    """`models.yaml` is not valid; `problems` lists every problem found, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class _Strict(BaseModel):
@@ -256,9 +248,9 @@ class Fleet(_Strict):
         base = self.defaults.model_dump(exclude_none=True)
         for entry in self.models:
             try:
-                settings = Settings.model_validate(_merge(base, entry.overrides()))
+                settings = effective_settings(base, entry)
             except ValidationError as exc:
-                problems += [f"model '{entry.name}': {_describe(e)}" for e in exc.errors()]
+                problems += [f"model '{entry.name}': {describe_error(e)}" for e in exc.errors()]
                 continue
             out.append(
                 Model(
@@ -306,6 +298,14 @@ def _segment(value: str) -> str:
     return value
 
 
+def effective_settings(defaults: dict[str, Any], entry: ModelEntry) -> Settings:
+    """`defaults` (plain data) with `entry`'s overrides merged in, field by field.
+
+    The one merge of defaults and overrides; raises pydantic's ValidationError.
+    """
+    return Settings.model_validate(_merge(defaults, entry.overrides()))
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -316,27 +316,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(error: Any) -> str:
+def describe_error(error: Any) -> str:
+    """One pydantic error as `field.path: message`."""
     loc = ".".join(str(p) for p in error["loc"])
     msg = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         msg = "unknown key"
     return f"{loc}: {msg}" if loc else msg
-
-
-def load_fleet(path: str | Path) -> Fleet:
-    """Read and validate `models.yaml`; raises SpecError naming model, field and line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    return parse_fleet(text, str(path))
-
-
-def parse_fleet(text: str, source: str = "models.yaml") -> Fleet:
-    """Validate the text of `models.yaml`; raises SpecError with every problem, by line."""
-    # The YAML side (line numbers, checks across entries) lives in fleet.specfile.
-    from fleet.specfile import parse
-
-    return parse(text, source)

@@ -1,4 +1,4 @@
-"""Reading `models.yaml`: the YAML side of fleet.spec.
+"""Reading `models.yaml` (`load_fleet`, `parse_fleet`): the YAML side of fleet.spec.
 
 Pydantic validates one entry at a time and stops at the first failing layer; a user
 fixing a fleet of 150 models wants every problem at once, each with its line. So this
@@ -9,27 +9,37 @@ checks each model's overrides merged with the defaults, and sorts all of it by l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fleet.errors import SpecError
 from fleet.naming import k8s_name
 from fleet.spec import (
     Experiment,
     Fleet,
     ModelEntry,
-    Settings,
-    SpecError,
     Variant,
-    _describe,
-    _merge,
+    describe_error,
+    effective_settings,
 )
 
 _T = TypeVar("_T", bound=BaseModel)
 
 
-def parse(text: str, source: str = "models.yaml") -> Fleet:
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate `models.yaml`; raises SpecError naming model, field and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return parse_fleet(text, str(path))
+
+
+def parse_fleet(text: str, source: str = "models.yaml") -> Fleet:
     """Validate the text of `models.yaml`; raises SpecError with every problem, by line."""
     try:
         node = yaml.compose(text)
@@ -168,13 +178,13 @@ def _override_problems(data: dict[str, Any], node: Any) -> list[tuple[int, str]]
     for i, entry in _valid(data, "models", ModelEntry):
         over = entry.overrides()
         try:
-            Settings.model_validate(_merge(base, over))
+            effective_settings(base, entry)
         except ValidationError as exc:
             for e in exc.errors():
                 # A problem of the defaults alone is reported once, under `defaults`.
                 if _reaches(over, tuple(e["loc"])):
                     at = _line(node, ("models", i, *e["loc"]))
-                    problems.append((at, f"model '{entry.name}': {_describe(e)}"))
+                    problems.append((at, f"model '{entry.name}': {describe_error(e)}"))
     return problems
 
 
@@ -204,7 +214,7 @@ def _locate(node: Any, data: dict[str, Any], error: Any) -> tuple[int, str]:
     who = _who(data, loc)
     err = dict(error)
     err["loc"] = loc[2:] if who else loc
-    return _line(node, loc), f"{who}: {_describe(err)}" if who else _describe(err)
+    return _line(node, loc), f"{who}: {describe_error(err)}" if who else describe_error(err)
 
 
 def _node(node: Any, loc: tuple[Any, ...]) -> Any:

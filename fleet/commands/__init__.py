@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from fleet.host.registry import Registry
-from fleet.spec import Fleet, load_fleet
+from fleet.spec import Fleet
+from fleet.specfile import load_fleet
 
 
 def add_fleet_args(parser: argparse.ArgumentParser) -> None:
