@@ -1,4 +1,9 @@
-"""Shared fixtures: a real MLflow registry with the demo models, made once per session."""
+"""Shared fixtures: a real MLflow registry with the demo models, made once per session,
+and one BentoML model store for the session's model servers and builds.
+
+Nothing here sets environment variables: the registry and the store are passed to the
+code under test explicitly (`Registry`, `ModelStore`, `BuildSettings(store=...)`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
-from fleet.demo import create_demo_registry
-from fleet.registry import ResolvedModel, resolve_fleet
 
-from fleet.spec import Fleet, load_fleet
+from fleet.host.demo_registry import create_demo_registry
+from fleet.host.model_store import ModelStore
+from fleet.host.registry import Registry, local_tracking_uri
+from fleet.resolved import ResolvedModel
+from fleet.spec import Fleet
+from fleet.specfile import load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,18 +31,20 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reuse = os.environ.get("FLEET_TEST_DEMO_HOME")
     home = Path(reuse) if reuse else tmp_path_factory.mktemp("demo-registry")
     home.mkdir(parents=True, exist_ok=True)
-    create_demo_registry(tracking_uri_for(home), home / "artifacts", progress=lambda _: None)
+    create_demo_registry(Registry(local_tracking_uri(home)), home / "artifacts")
     return home
-
-
-def tracking_uri_for(home: Path) -> str:
-    return f"sqlite:///{home.resolve() / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")
 def demo_uri(demo_home: Path) -> str:
     """Tracking URI of the demo registry."""
-    return tracking_uri_for(demo_home)
+    return local_tracking_uri(demo_home)
+
+
+@pytest.fixture(scope="session")
+def demo_registry(demo_uri: str) -> Registry:
+    """The demo registry, as the host layer reads it."""
+    return Registry(demo_uri)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +54,12 @@ def demo_fleet() -> Fleet:
 
 
 @pytest.fixture(scope="session")
-def demo_resolved(demo_fleet: Fleet, demo_uri: str) -> list[ResolvedModel]:
+def demo_resolved(demo_fleet: Fleet, demo_registry: Registry) -> list[ResolvedModel]:
     """The repository's fleet resolved against the demo registry."""
-    return resolve_fleet(demo_fleet, demo_uri)
+    return demo_registry.resolve(demo_fleet)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """One BentoML store for the session: models imported once, shared by every test."""
+    return ModelStore(tmp_path_factory.mktemp("bentoml").resolve())
