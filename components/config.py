@@ -91,6 +91,9 @@ class StackConfig:
     """Random requests the profiler sends to each model image."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every Kubernetes object (team, cost centre)."""
+    router_limits: dict[str, Any] = field(default_factory=dict)
+    """`fleet:routerLimits`: fields of models.yaml's `router:` limits this stack overrides
+    (validated with them, `fleet.spec.Fleet.with_router_limits`)."""
 
 
 def load_stack_config() -> StackConfig:
@@ -138,6 +141,7 @@ def load_stack_config() -> StackConfig:
         mlflow_token=cfg.require_secret("mlflowToken") if remote else cfg.get_secret("mlflowToken"),
         profile_requests=requests,
         extra_labels=dict(cfg.get_object("labels") or {}),
+        router_limits=dict(cfg.get_object("routerLimits") or {}),
     )
 
 

@@ -47,6 +47,7 @@ def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
     Reading the registry is the one thing the program does at program time.
     """
     fleet = load_fleet(cfg.models_file).with_alias(cfg.alias)
+    fleet = fleet.with_router_limits(cfg.router_limits, name_of=lambda f: f"fleet:routerLimits.{f}")
     registry = Registry.from_environment(cfg.tracking_uri).with_token(mlflow_token_for_reads())
     return fleet, registry.resolve(fleet)
 

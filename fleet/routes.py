@@ -29,7 +29,7 @@ def build_routes_config(
     `backend_url` gives each model server's base URL (a Kubernetes Service URL or a
     local port). Experiments whose variants are not all among `resolved` are left out.
     """
-    limits = limits or RouterLimits()
+    limits = limits or fleet.router
     names = {r.name for r in resolved}
     routes = [
         {

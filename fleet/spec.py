@@ -14,6 +14,7 @@ names the model (or experiment), the field and the line of the file.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import (
@@ -27,8 +28,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fleet.errors import SpecError
+from fleet.errors import ConfigError, SpecError
 from fleet.naming import k8s_name
+from fleet.router.config import RouterLimits
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
@@ -240,6 +242,9 @@ class Fleet(_Strict):
     """The models of the fleet."""
     experiments: list[Experiment] = []
     """A/B experiments over models of the fleet."""
+    router: RouterLimits = RouterLimits()
+    """Limits the router enforces on every route (`fleet.router.config.RouterLimits`); a
+    stack's `fleet:routerLimits` and `fleet routes` flags override single fields."""
 
     def resolved_models(self) -> list[Model]:
         """Models with effective settings; raises SpecError naming every bad override."""
@@ -272,6 +277,27 @@ class Fleet(_Strict):
             return self
         models = [m.model_copy(update={"alias": alias}) if m.alias else m for m in self.models]
         return self.model_copy(update={"models": models})
+
+    def with_router_limits(
+        self, overrides: Mapping[str, Any], name_of: Callable[[str], str]
+    ) -> Fleet:
+        """The fleet with `overrides` over its router limits, validated as one.
+
+        Raises ConfigError naming each bad field as `name_of(field)` says (a stack config
+        key, a command-line flag).
+        """
+        if not overrides:
+            return self
+        try:
+            limits = RouterLimits.model_validate({**self.router.model_dump(), **overrides})
+        except ValidationError as exc:
+            problems = []
+            for e in exc.errors():
+                field = ".".join(str(p) for p in e["loc"])
+                msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+                problems.append(f"{name_of(field)}: {msg}")
+            raise ConfigError(problems) from exc
+        return self.model_copy(update={"router": limits})
 
     def only(self, names: list[str]) -> Fleet:
         """The fleet cut down to `names`, with the experiments whose variants all remain."""

@@ -8,11 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from fleet.commands import add_fleet_args, fleet_of, registry
+from fleet.errors import ConfigError
 from fleet.resolved import ResolvedModel
-from fleet.routes import RouterLimits, build_routes_config
+from fleet.routes import build_routes_config
 
 DEFAULT_BACKEND = "http://{k8s_name}:3000"
 
@@ -28,13 +27,14 @@ def register(sub: Any) -> None:
         help="backend URL per model; {k8s_name}, {name} and {version} are filled in "
         f"(default: {DEFAULT_BACKEND})",
     )
-    parser.add_argument("--max-batch", type=int, default=RouterLimits().max_batch)
-    parser.add_argument("--max-body-bytes", type=int, default=RouterLimits().max_body_bytes)
-    parser.add_argument("--timeout", type=float, default=RouterLimits().timeout_s)
+    # Unset flags keep the value of models.yaml's `router:` section (or its default).
+    parser.add_argument("--max-batch", type=int, default=None, help="records per request")
+    parser.add_argument("--max-body-bytes", type=int, default=None, help="request body bytes")
+    parser.add_argument("--timeout", type=float, default=None, help="backend call seconds")
     parser.add_argument(
         "--backend-calls",
         type=int,
-        default=RouterLimits().backend_calls,
+        default=None,
         help="calls in flight per model server before requests wait and go together "
         "as one call (0: one call per request)",
     )
@@ -59,21 +59,16 @@ FLAGS = {
 
 
 def run(args: argparse.Namespace) -> int:
+    flags = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in FLAGS.items()}
     try:
-        limits = RouterLimits(
-            max_batch=args.max_batch,
-            max_body_bytes=args.max_body_bytes,
-            timeout_s=args.timeout,
-            backend_calls=args.backend_calls,
+        fleet = fleet_of(args).with_router_limits(
+            {k: v for k, v in flags.items() if v is not None}, name_of=FLAGS.__getitem__
         )
-    except ValidationError as exc:
-        for e in exc.errors(include_url=False):
-            print(f"error: {FLAGS[str(e['loc'][0])]}: {e['msg']}", file=sys.stderr)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
-    fleet = fleet_of(args)
     resolved = registry(args).resolve(fleet)
-    config = build_routes_config(
-        fleet, resolved, backend_from_template(args.backend_template), limits=limits
-    )
+    config = build_routes_config(fleet, resolved, backend_from_template(args.backend_template))
     print(json.dumps(config, indent=2))
     return 0
