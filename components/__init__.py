@@ -1,0 +1,1 @@
+"""The Pulumi side: one ComponentResource per file, plus pure manifest builders."""
