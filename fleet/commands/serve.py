@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 from fleet.commands import add_fleet_args, fleet_of, registry
+from fleet.errors import FleetError
 from fleet.host.environment import LOCAL_HOME
 from fleet.host.model_server import server_command
 from fleet.host.model_store import ModelStore
@@ -82,18 +83,22 @@ def run(args: argparse.Namespace) -> int:
 
         for i, model in enumerate(resolved, 1):
             _say(f"[{i}/{len(resolved)}] preparing {model.name} v{model.version}")
-            tags[model.name] = store.import_model(model, source)
-        _say(f"starting {len(resolved)} model servers ...")
-        start_and_wait(resolved)
+            try:
+                tags[model.name] = store.import_model(model, source)
+            except FleetError as exc:  # one broken model does not keep the others down
+                _say(f"  failed: {exc}")
+        prepared = [r for r in resolved if r.name in tags]
+        _say(f"starting {len(prepared)} model servers ...")
+        start_and_wait(prepared)
         # A port picked free can be taken by another server's own sockets before this one
         # binds it; a server that exited is started once more on a fresh port.
-        retry = [r for r in resolved if not servers[r.name].ready and not servers[r.name].alive()]
+        retry = [r for r in prepared if not servers[r.name].ready and not servers[r.name].alive()]
         for model in retry:
             _say(f"  retrying {model.name} on a new port ({servers[model.name].error})")
         if retry:
             start_and_wait(retry)
 
-        config = build_routes_config(fleet, resolved, lambda r: servers[r.name].url)
+        config = build_routes_config(fleet, prepared, lambda r: servers[r.name].url)
         routes_path = run_dir / "routes.json"
         routes_path.write_text(json.dumps(config, indent=2))
         port = _router_port(args.port, args.host)
@@ -164,18 +169,21 @@ def _router_port(requested: int | None, host: str) -> int:
 def _summary(
     url: str, resolved: list[ResolvedModel], servers: dict[str, Child], experiments: list[Any]
 ) -> None:
-    down = [r for r in resolved if not servers[r.name].ready]
+    down = [r for r in resolved if r.name not in servers or not servers[r.name].ready]
     for r in down:
-        child = servers[r.name]
+        child = servers.get(r.name)
+        if child is None:
+            _say(f"\nmodel {r.name} could not be prepared (see above); its routes are not served")
+            continue
         _say(f"\nmodel {r.name} failed to start ({child.error}); last log lines:")
         _say(child.log_tail())
     _say(f"\nrouter: {url}    Swagger UI: {url}/docs    metrics: {url}/metrics\n")
     for r in resolved:
-        if servers[r.name].ready:
+        if r not in down:
             body = json.dumps(random_records(r.inputs, 1, seed=1)[0])
             _say(f"curl -s {url}{r.model.route} -H 'content-type: application/json' -d '{body}'")
     by_name = {r.name: r for r in resolved}
-    for exp in experiments:
+    for exp in (e for e in experiments if all(v.model in servers for v in e.variants)):
         body = json.dumps(random_records(by_name[exp.variants[0].model].inputs, 1, seed=1)[0])
         _say(
             f"curl -s {url}{exp.route} -H '{exp.sticky_header}: alice' "
