@@ -17,6 +17,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components.config import RegistryAuth
+from components.wire import plain, resolved_of
 from fleet.host import docker_cli
 from fleet.host.images import BuildSettings, build_image, content_hash
 from fleet.host.registry import Registry
@@ -94,7 +95,8 @@ def deployable_ref(image_ref: str, digest: str) -> str:
 
 def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
     """Build (cached by tag) and push the image; returns the resource's outputs."""
-    resolved = ResolvedModel.from_dict(props["model"])
+    props = plain(props)
+    resolved = resolved_of(props)
     settings = settings_from_dict(props["build"])
     registry = Registry(props["tracking_uri"], token=props.get("mlflow_token") or None)
     result = build_image(resolved, registry, settings)
@@ -132,7 +134,7 @@ class ModelImageProvider(ResourceProvider):
         return CreateResult(id_=outs["image_ref"], outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = image_changed(olds, news)
+        changed = image_changed(plain(olds), plain(news))
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:

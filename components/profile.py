@@ -16,6 +16,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from components.wire import plain, resolved_of
 from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
 
@@ -62,7 +63,8 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
     from profiler import LoadPlan, ProfileCache, ProfileOptions, profile
     from profiler.docker import DockerBackend
 
-    resolved = ResolvedModel.from_dict(props["model"])
+    props = plain(props)
+    resolved = resolved_of(props)
     plan = LoadPlan(duration_s=None, requests=int(props["requests"]))
     report = profile(
         resolved,
@@ -90,6 +92,7 @@ def rederive(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
     """
     from profiler.gate import rederive as derive
 
+    olds, news = plain(olds), plain(news)
     policy = MemoryPolicy.model_validate(news["memory"])
     stats = {k: float(olds[k]) for k in ("idle_mib", "p95_mib", "peak_mib")}
     rec = derive(news["model"]["name"], stats["p95_mib"], stats["peak_mib"], policy)
@@ -114,11 +117,11 @@ class MemoryProfileProvider(ResourceProvider):
         return CreateResult(id_=f"{props['model']['name']}@{props['content_hash']}", outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        moved = changed(olds, news, MEASURE_KEYS + POLICY_KEYS)
+        moved = changed(plain(olds), plain(news), MEASURE_KEYS + POLICY_KEYS)
         return DiffResult(changes=bool(moved), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        if changed(olds, news, MEASURE_KEYS) or "peak_mib" not in olds:
+        if changed(plain(olds), plain(news), MEASURE_KEYS) or "peak_mib" not in olds:
             return UpdateResult(outs=measure(news))
         return UpdateResult(outs=rederive(olds, news))
 

@@ -16,6 +16,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components.image import deployable_ref, settings_from_dict, settings_to_dict
+from components.wire import plain
 from fleet.host import docker_cli
 from fleet.host.images import BuildSettings, build_router_image, router_hash, router_ref
 
@@ -42,6 +43,7 @@ def router_image_inputs(args: RouterImageArgs) -> dict[str, Any]:
 
 
 def build_and_push_router(props: dict[str, Any]) -> dict[str, Any]:
+    props = plain(props)
     settings = settings_from_dict(props["build"])
     result = build_router_image(props["image_ref"], settings)
     pushed = docker_cli.push(result.image_ref) if props.get("push") else ""
@@ -60,6 +62,7 @@ class RouterImageProvider(ResourceProvider):
         return CreateResult(id_=props["image_ref"], outs=build_and_push_router(props))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        olds, news = plain(olds), plain(news)
         changed = [k for k in KEYS if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 

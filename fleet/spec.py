@@ -226,8 +226,9 @@ class Model(_Strict):
     """A model entry with its effective settings (defaults merged with overrides)."""
 
     name: str
-    version: int | None
-    alias: str | None
+    # Defaults, not only types: Pulumi's wire drops None-valued keys (components/wire.py).
+    version: int | None = None
+    alias: str | None = None
     route: str
     k8s_name: str
     settings: Settings

@@ -1,0 +1,176 @@
+"""The dynamic providers driven the way the Pulumi engine drives them.
+
+The engine starts `python -m pulumi.dynamic` (the `pulumi-resource-pulumi-python`
+plugin) and calls it over its gRPC ResourceProvider service, with properties serialized
+by Pulumi's own `rpc` module and the pickled provider in `__provider`. These tests start
+that very process and call it the same way: check -> create -> diff (no change, no work)
+-> update after a one-field change -> read -> delete, and a preview pass with unknowns.
+In-memory calls with plain dicts cannot see what the wire does to the inputs (None keys
+dropped, ints as floats, secrets wrapped, unknowns), so this is the evidence that the
+providers work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime import proto, rpc
+from pulumi.runtime.proto import provider_pb2_grpc
+
+from components.image import ModelImageArgs, ModelImageProvider, image_inputs
+from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
+from components.wire import plain, resolved_of, unknown
+from fleet.host.images import BuildSettings
+from tests.graph.fleetgen import generated_fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = {rpc._special_sig_key: rpc._special_secret_sig, "value": "s3cret-token"}
+
+
+def wire(props: dict[str, Any]) -> struct_pb2.Struct:
+    """`props` as the engine sends them: serialized by Pulumi's rpc module."""
+    return asyncio.run(rpc.serialize_properties(props, {}))
+
+
+def back(struct: struct_pb2.Struct, keep_unknowns: bool = False) -> dict[str, Any]:
+    """What the provider process makes of a Struct (its own call)."""
+    return dict(rpc.deserialize_properties(struct, keep_unknowns))
+
+
+def test_every_model_survives_the_wire() -> None:
+    """None keys vanish and ints come back as floats; the providers read them back."""
+    _, resolved = generated_fleet(40)
+    for r in resolved:
+        image = image_inputs(ModelImageArgs(resolved=r, build=BuildSettings(), tracking_uri="x"))
+        profile = profile_inputs(MemoryProfileArgs(resolved=r, image="img", content_hash="h"))
+        for props in (image, profile):
+            arrived = back(wire(props))
+            assert "alias" not in arrived["model"]["model"]  # the None-valued key is gone
+            assert resolved_of(arrived) == r
+
+
+def test_secrets_arrive_wrapped_and_are_read_plain() -> None:
+    arrived = back(wire({"mlflow_token": SECRET, "nested": {"password": SECRET}}))
+    assert rpc.is_rpc_secret(arrived["mlflow_token"])
+    assert plain(arrived) == {
+        "mlflow_token": "s3cret-token",
+        "nested": {"password": "s3cret-token"},
+    }
+
+
+def test_an_unreadable_model_is_named() -> None:
+    from fleet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model 'broken'"):
+        resolved_of({"model": {"name": "broken", "version": "not a number"}})
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+    """`python -m pulumi.dynamic`, started as the engine starts it, and a stub to call it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulumi.dynamic"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield provider_pb2_grpc.ResourceProviderStub(channel)
+    finally:
+        channel.close()
+        proc.kill()
+        proc.wait()
+
+
+URN = "urn:pulumi:test::model-fleet::pulumi-python:dynamic:Resource::x"
+
+
+def with_provider(props: dict[str, Any], impl: Any) -> dict[str, Any]:
+    return {**props, "__provider": serialize_provider(impl)}
+
+
+def call_check(stub: Any, olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
+    answer = stub.Check(proto.CheckRequest(urn=URN, olds=wire(olds), news=wire(news)))
+    assert list(answer.failures) == []
+    return back(answer.inputs, keep_unknowns=True)
+
+
+def call_diff(stub: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> int:
+    request = proto.DiffRequest(id=id_, urn=URN, olds=wire(olds), news=wire(news))
+    return int(stub.Diff(request).changes)
+
+
+def profile_props(policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = generated_fleet(4)[1][0]
+    props = profile_inputs(MemoryProfileArgs(resolved=r, image="img@sha256:1", content_hash="h1"))
+    if policy:
+        props["memory"] = {**props["memory"], **policy}
+    # What an earlier create stored: the measured numbers (state is what this test fakes;
+    # the gRPC path, the provider process and the re-derivation are real).
+    return with_provider(props, MemoryProfileProvider())
+
+
+def test_the_profile_provider_over_grpc(provider: Any) -> None:
+    news = profile_props()
+    checked = call_check(provider, {}, news)
+    assert checked["model"]["name"] == news["model"]["name"]
+    state = {
+        **checked,
+        "request_mib": 100,
+        "limit_mib": 200,
+        "idle_mib": 80.0,
+        "p95_mib": 90.0,
+        "peak_mib": 120.0,
+        "summary": "measured",
+    }
+    # The same inputs again: no change, so `up` does no work.
+    assert call_diff(provider, "id", state, news) == proto.DiffResponse.DIFF_NONE
+    # One field changed (the memory policy): an update that re-derives from the state.
+    changed = profile_props({"request_margin_percent": 50})
+    assert call_diff(provider, "id", state, changed) == proto.DiffResponse.DIFF_SOME
+    update = provider.Update(
+        proto.UpdateRequest(id="id", urn=URN, olds=wire(state), news=wire(changed))
+    )
+    outs = back(update.properties)
+    assert outs["request_mib"] == 135  # ceil(90 * 1.5)
+    assert outs["peak_mib"] == 120.0 and outs["summary"] == "measured"
+    # Past the ceiling: the gate fails the update, naming the model.
+    with pytest.raises(grpc.RpcError, match="failed the profile gate"):
+        provider.Update(
+            proto.UpdateRequest(
+                id="id", urn=URN, olds=wire(state), news=wire(profile_props({"ceiling_mib": 100}))
+            )
+        )
+    read = provider.Read(proto.ReadRequest(id="id", urn=URN, properties=wire(outs)))
+    assert back(read.properties)["request_mib"] == 135
+    provider.Delete(proto.DeleteRequest(id="id", urn=URN, properties=wire(outs)))
+
+
+def test_a_preview_with_unknown_inputs(provider: Any) -> None:
+    """In a preview the new image is not known yet: check and diff must still answer."""
+    state = {**profile_props(), "request_mib": 100, "limit_mib": 200, "peak_mib": 120.0}
+    news = {**profile_props(), "image": rpc.UNKNOWN, "content_hash": rpc.UNKNOWN}
+    checked = call_check(provider, state, news)
+    assert unknown(checked["image"]) and not unknown(checked["model"])
+    assert call_diff(provider, "id", state, news) == proto.DiffResponse.DIFF_SOME
+    r = generated_fleet(4)[1][1]
+    image = with_provider(
+        image_inputs(ModelImageArgs(resolved=r, build=BuildSettings(), tracking_uri="x")),
+        ModelImageProvider(),
+    )
+    image_state = {**image, "image": "x@sha256:1", "digest": "sha256:1"}
+    assert call_diff(provider, "id", image_state, image) == proto.DiffResponse.DIFF_NONE
+    moved = {**image, "content_hash": rpc.UNKNOWN, "mlflow_token": SECRET}
+    assert call_diff(provider, "id", image_state, moved) == proto.DiffResponse.DIFF_SOME
