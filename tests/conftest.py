@@ -8,6 +8,7 @@ code under test explicitly (`Registry`, `ModelStore`, `BuildSettings(store=...)`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from fleet.host.registry import Registry, local_tracking_uri
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from fleet.specfile import load_fleet
+from tests.support import Servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +65,11 @@ def demo_resolved(demo_fleet: Fleet, demo_registry: Registry) -> list[ResolvedMo
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     """One BentoML store for the session: models imported once, shared by every test."""
     return ModelStore(tmp_path_factory.mktemp("bentoml").resolve())
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The child processes of one test module (`tests.support.Servers`), all stopped at
+    its end; their logs in a temporary folder."""
+    with Servers(tmp_path_factory.mktemp("servers")) as started:
+        yield started

@@ -28,6 +28,8 @@ from typing import Protocol, TypeVar
 import httpx
 import psutil
 
+from fleet.host.environment import child_env
+
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -177,14 +179,22 @@ class Supervisor:
     log_dir: Path
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], url: str) -> Child:
-        """Start `argv` with our environment plus `env`; its output goes to `<name>.log`."""
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        url: str,
+        cwd: Path | None = None,
+    ) -> Child:
+        """Start `argv` in `cwd` with `child_env(env)`; its output goes to `<name>.log`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 argv,
-                env={**os.environ, **env},
+                env=child_env(env),
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -2,42 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from fleet.build import BuildSettings, content_hash
-from fleet.registry import ResolvedModel
 
 from fleet.cli import main
+from fleet.host.environment import child_env
+from fleet.host.images import BuildSettings, content_hash
+from fleet.host.model_store import ModelStore
+from fleet.resolved import ResolvedModel
+from tests.support import by_name
 
 MODEL = "demand_forecast_1"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def bentoml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    home = tmp_path / "bentoml"
-    monkeypatch.setenv("BENTOML_HOME", str(home))
-    yield home
+def fleet_build(store: ModelStore, *args: str) -> subprocess.CompletedProcess[str]:
+    """`fleet build ARGS...` as a command whose BentoML store is `store`."""
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "build", *args],
+        cwd=ROOT,
+        env=child_env(store.env()),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_build_makes_a_bento_once_per_content_hash(
-    bentoml_home: Path,
-    demo_uri: str,
-    demo_resolved: list[ResolvedModel],
-    capsys: pytest.CaptureFixture[str],
+    model_store: ModelStore, demo_uri: str, demo_resolved: list[ResolvedModel]
 ) -> None:
-    resolved = next(r for r in demo_resolved if r.name == MODEL)
-    expected = content_hash(resolved, BuildSettings())
-    argv = ["build", MODEL, "--models", str(ROOT / "models.yaml"), "--tracking-uri", demo_uri]
+    resolved = by_name(demo_resolved, MODEL)
+    expected = content_hash(resolved, BuildSettings(store=model_store))
+    argv = [MODEL, "--models", str(ROOT / "models.yaml"), "--tracking-uri", demo_uri]
 
-    assert main(argv) == 0
-    first = capsys.readouterr().out.split()
-    assert first[:3] == [MODEL, expected, "built"]
+    first = fleet_build(model_store, *argv)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split()[:3] == [MODEL, expected, "built"]
 
-    bento = bentoml_home / "bentos" / resolved.model.k8s_name / expected
+    bento = model_store.bento_dir(resolved.model.k8s_name, expected)
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["labels"]["fleet.content-hash"] == expected
     assert [m["tag"] for m in info["models"]] == [
@@ -48,13 +54,13 @@ def test_build_makes_a_bento_once_per_content_hash(
     assert not any(p.startswith(("pulumi", "pytest")) for p in pins)
     assert (bento / "src" / "fleet" / "serving" / "service.py").is_file()
 
-    assert main(argv) == 0
-    assert capsys.readouterr().out.split()[:3] == [MODEL, expected, "cached"]
+    again = fleet_build(model_store, *argv)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split()[:3] == [MODEL, expected, "cached"]
 
 
-def test_build_names_an_unknown_model(
-    bentoml_home: Path, demo_uri: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_build_names_an_unknown_model(demo_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused while resolving, before any store is touched: the command runs in process.
     argv = ["build", "no_such_model", "--models", str(ROOT / "models.yaml")]
     assert main([*argv, "--tracking-uri", demo_uri]) == 1
     assert "no_such_model" in capsys.readouterr().err

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from fleet.demo import MATCH_INPUTS
-from fleet.registry import ResolvedModel
 
 from fleet.cli import main
+from fleet.host.demo_registry import MATCH_INPUTS
+from fleet.host.environment import child_env
+from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,8 +110,8 @@ def test_demo_registry_command_is_idempotent(
 
 def test_validate_as_a_real_command(demo_uri: str, tmp_path: Path) -> None:
     fleet = Path(sys.executable).parent / "fleet"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_TRACKING_URI"] = demo_uri  # the documented way to point at a registry
+    # The documented way to point at a registry; nothing else of ours inherited.
+    env = child_env({"MLFLOW_TRACKING_URI": demo_uri})
     (tmp_path / "models.yaml").write_text(MODELS.read_text())
     ok = subprocess.run(
         [str(fleet), "validate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300

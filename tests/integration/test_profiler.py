@@ -6,18 +6,22 @@ reports. Load is kept to a few seconds per model.
 
 from __future__ import annotations
 
-import os
 import shutil
+import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet.registry import ResolvedModel
 
 from fleet.cli import main as fleet_main
+from fleet.host.environment import child_env
+from fleet.host.model_store import ModelStore
+from fleet.host.registry import Registry, local_tracking_uri
+from fleet.resolved import ResolvedModel
 from profiler import LoadPlan, Outcome, ProfileCache, ProfileOptions, profile_fleet
+from profiler.backends import ProcessBackend, bento_command
+from tests.support import register_pyfunc
 
 SMALL = "match_probability_1_TAXI_trafficaware"
 BIG = "demand_forecast_2"  # a ~200 MB random forest
@@ -31,32 +35,23 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A BentoML model store of this module's own."""
-    home = tmp_path_factory.mktemp("profiler-bentoml")
-    previous = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        yield home
-    finally:
-        if previous is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = previous
-
-
-@pytest.fixture(scope="module")
 def profiled(
-    bentoml_home: Path,
+    model_store: ModelStore,
     demo_resolved: list[ResolvedModel],
-    demo_uri: str,
+    demo_registry: Registry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, Outcome], ProfileCache, list[str]]:
     cache = ProfileCache(tmp_path_factory.mktemp("profiles"))
     models = [r for r in demo_resolved if r.name in (SMALL, BIG)]
     lines: list[str] = []
     outcomes = profile_fleet(
-        models, demo_uri, options=OPTIONS, parallel=2, cache=cache, progress=lines.append
+        models,
+        demo_registry,
+        backend=ProcessBackend(bento_command(model_store)),
+        options=OPTIONS,
+        parallel=2,
+        cache=cache,
+        progress=lines.append,
     )
     return {o.model: o for o in outcomes}, cache, lines
 
@@ -104,7 +99,7 @@ def test_a_second_run_comes_from_the_cache(
 def register_broken_model(uri: str, artifacts: Path) -> None:
     """A pyfunc that raises on predict, registered as `broken_model` version 1 at `uri`."""
     import cloudpickle
-    import mlflow
+    import mlflow.pyfunc
     import numpy as np
     import pandas as pd
     from mlflow.models import infer_signature
@@ -115,39 +110,43 @@ def register_broken_model(uri: str, artifacts: Path) -> None:
 
     # The class travels inside the model, as from a notebook; the server cannot import tests.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         x = pd.DataFrame({"distance": [1.0, 2.0], "hour": np.array([3, 4], dtype="int64")})
-        exp = mlflow.MlflowClient(uri).create_experiment("broken", artifacts.as_uri())
-        with mlflow.start_run(experiment_id=exp):
-            mlflow.pyfunc.log_model(
-                name="model",
-                python_model=Broken(),
-                signature=infer_signature(x, np.array([0.5, 0.5])),
-                registered_model_name="broken_model",
-                pip_requirements=["pandas"],
-            )
+        register_pyfunc(
+            uri,
+            "broken_model",
+            Broken(),
+            experiment="broken",
+            artifacts=artifacts,
+            signature=infer_signature(x, np.array([0.5, 0.5])),
+            pip_requirements=["pandas"],
+        )
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
 
 
 def test_a_model_that_raises_on_predict_fails_the_gate(
-    bentoml_home: Path, demo_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    model_store: ModelStore, demo_home: Path, tmp_path: Path
 ) -> None:
     # A temporary registry: a copy of the demo one, whose database is already migrated.
     shutil.copyfile(demo_home / "mlflow.db", tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = local_tracking_uri(tmp_path)
     register_broken_model(uri, tmp_path / "artifacts")
     models = tmp_path / "models.yaml"
     models.write_text("- {name: broken_model, version: 1, endpoint: broken}\n")
     argv = ["profile", "--all", "--models", str(models), "--tracking-uri", uri]
     argv += ["--cache-dir", str(tmp_path / "profiles"), "--duration", "1", "--idle", "0.5"]
-    assert fleet_main(argv) == 1
-    err = capsys.readouterr().err
+    # `fleet profile` as a command: its model servers use the session's BentoML store.
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", *argv],
+        cwd=tmp_path,
+        env=child_env(model_store.env()),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    err = done.stderr
     assert "model 'broken_model' failed the profile gate" in err
     assert "predictions failed" in err
     assert "this model is broken on purpose" in err  # from the server's log

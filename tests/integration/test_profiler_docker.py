@@ -1,22 +1,24 @@
-"""The docker backend against a real container of a real model image (fleet.build).
+"""The docker backend against a real container of a real model image (fleet.host.images).
 
 Skipped, with the reason, only when no Docker engine answers. The image is the one
-fleet.build makes for a small demo model with default settings; other tests build the
-same one, so it is usually found under its tag.
+fleet.host.images makes for a small demo model with default settings; other tests build
+the same one, so it is usually found under its tag.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
-from fleet.registry import ResolvedModel
 
+from fleet.host import docker_cli
+from fleet.host.images import BuildSettings, build_image
+from fleet.host.model_store import ModelStore
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from profiler import LoadPlan, ProfileGateError, ProfileOptions, profile
 from profiler.docker import LABEL, DockerBackend
+from tests.support import by_name, docker_problem
 
 SMALL = "match_probability_1_TAXI_trafficaware"
 OPTIONS = ProfileOptions(
@@ -24,42 +26,33 @@ OPTIONS = ProfileOptions(
     ready_timeout_s=300,
     idle_s=1.0,
 )
-DOCKER = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-def engine_problem() -> str | None:
-    try:
-        info = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"no Docker engine reachable ({exc})"
-    if info.returncode != 0:
-        return f"no Docker engine reachable: {info.stderr.strip()[:200]}"
-    return None
-
-
 @pytest.fixture(scope="module")
-def image(demo_resolved: list[ResolvedModel], demo_uri: str) -> tuple[ResolvedModel, Any]:
-    problem = engine_problem()
+def image(
+    demo_resolved: list[ResolvedModel], demo_registry: Registry, model_store: ModelStore
+) -> tuple[ResolvedModel, Any]:
+    problem = docker_problem()
     if problem:
         pytest.skip(problem)
-    from fleet.build import BuildSettings, build_image
-
-    small = next(r for r in demo_resolved if r.name == SMALL)
-    return small, build_image(small, demo_uri, BuildSettings())
+    small = by_name(demo_resolved, SMALL)
+    return small, build_image(small, demo_registry, BuildSettings(store=model_store))
 
 
 def our_containers(image_ref: str) -> list[str]:
-    argv = [DOCKER, "ps", "-aq", "--filter", f"label={LABEL}", "--filter", f"ancestor={image_ref}"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+    ps = docker_cli.check(
+        "ps", "-aq", "--filter", f"label={LABEL}", "--filter", f"ancestor={image_ref}"
+    )
+    return ps.split()
 
 
 def test_docker_backend_measures_the_container_cgroup(image: Any) -> None:
     resolved, built = image
     report = profile(
         resolved,
-        "",  # the image holds the model
+        None,  # the image holds the model
         backend=DockerBackend(built.image_ref),
         options=OPTIONS,
         content_hash=built.content_hash,
@@ -79,7 +72,7 @@ def test_an_image_that_cannot_start_fails_the_gate(image: Any) -> None:
     with pytest.raises(ProfileGateError) as info:
         profile(
             resolved,
-            "",
+            None,
             backend=DockerBackend("model-fleet/no-such-image:1"),
             options=OPTIONS,
             content_hash="h",

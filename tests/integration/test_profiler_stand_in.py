@@ -1,30 +1,29 @@
 """The profile run end to end against a stand-in model server (real processes, real HTTP).
 
-The stand-in is tests/integration/test_profiler_stub.py run as a script: a small HTTP server
-that speaks the model server's API (contract 1), validates records with fleet.schema,
-holds a configurable ballast of memory, and can be told to fail predictions, accept
-anything, or never be ready. The real BentoML server is profiled in
-tests/integration/test_profiler.py.
+The stand-in is tests/integration/test_profiler_stub.py run as a script
+(`tests.support.stub_argv`): a small HTTP server that speaks the model server's API
+(contract 1), validates records with fleet.schema, holds a configurable ballast of
+memory, and can be told to fail predictions, accept anything, or never be ready. The real
+BentoML server is profiled in tests/integration/test_profiler.py.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 import pytest
-from fleet.registry import ResolvedModel
-from profiler.fleet import profile_fleet
 
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from fleet.schema import Column
 from fleet.spec import MemoryPolicy, Model, Settings
 from profiler import LoadPlan, ProfileCache, ProfileGateError, ProfileOptions, profile
 from profiler.backends import ProcessBackend
-from tests.integration.test_profiler_stub import COLUMNS as STUB_COLUMNS
+from profiler.parallel import profile_fleet
+from tests.support import STUB_COLUMNS, stub_argv
 
-STUB = Path(__file__).with_name("test_profiler_stub.py")
 COLUMNS = [Column.from_dict(c) for c in STUB_COLUMNS]
 FAST = ProfileOptions(
     plan=LoadPlan(duration_s=0.8, concurrencies=(1, 4), batch_sizes=(1, 8)),
@@ -50,10 +49,12 @@ def resolved(name: str = "stub_model", memory: MemoryPolicy | None = None) -> Re
 
 
 def stub(mode: str = "ok", ballast_mib: int = 0, starts: list[int] | None = None) -> ProcessBackend:
-    def command(_r: ResolvedModel, _uri: str, port: int) -> tuple[list[str], dict[str, str]]:
+    def command(
+        _r: ResolvedModel, _registry: Registry | None, port: int
+    ) -> tuple[list[str], dict[str, str]]:
         if starts is not None:
             starts.append(port)
-        return [sys.executable, str(STUB), str(port), mode, str(ballast_mib)], {}
+        return stub_argv(port, mode, ballast_mib), {}
 
     return ProcessBackend(command)
 
@@ -63,9 +64,9 @@ def shell(code: str) -> ProcessBackend:
 
 
 def test_memory_of_a_bigger_server_is_measured_and_sized_larger(tmp_path):
-    small = profile(resolved("small"), "", backend=stub(), options=FAST, content_hash="h-small")
+    small = profile(resolved("small"), None, backend=stub(), options=FAST, content_hash="h-small")
     big = profile(
-        resolved("big"), "", backend=stub(ballast_mib=120), options=FAST, content_hash="h"
+        resolved("big"), None, backend=stub(ballast_mib=120), options=FAST, content_hash="h"
     )
     assert big.memory.idle_mib - small.memory.idle_mib >= 110
     assert big.memory.p95_mib - small.memory.p95_mib >= 110
@@ -87,7 +88,7 @@ def test_memory_of_a_bigger_server_is_measured_and_sized_larger(tmp_path):
 
 
 def test_memory_grown_under_load_shows_in_p95_and_peak():
-    report = profile(resolved(), "", backend=stub("grow"), options=FAST, content_hash="h")
+    report = profile(resolved(), None, backend=stub("grow"), options=FAST, content_hash="h")
     # the stand-in keeps 1 MiB per prediction request: load adds that over idle
     grown = report.memory.peak_mib - report.memory.idle_mib
     assert report.load.requests >= 5
@@ -97,7 +98,7 @@ def test_memory_grown_under_load_shows_in_p95_and_peak():
 
 def test_failing_predictions_fail_the_gate_with_the_log():
     with pytest.raises(ProfileGateError) as info:
-        profile(resolved(), "", backend=stub("fail"), options=FAST, content_hash="h")
+        profile(resolved(), None, backend=stub("fail"), options=FAST, content_hash="h")
     message = str(info.value)
     assert "model 'stub_model' failed the profile gate" in message
     assert "predictions failed" in message and "HTTP 500" in message
@@ -108,7 +109,7 @@ def test_an_accepted_invalid_request_fails_the_gate(tmp_path):
     cache = ProfileCache(tmp_path)
     with pytest.raises(ProfileGateError) as info:
         profile(
-            resolved(), "", backend=stub("lenient"), options=FAST, content_hash="h1", cache=cache
+            resolved(), None, backend=stub("lenient"), options=FAST, content_hash="h1", cache=cache
         )
     problems = info.value.problems
     assert (
@@ -123,7 +124,7 @@ def test_memory_above_the_ceiling_fails_the_gate():
     # 64 MiB of ballast is above a 40 MiB ceiling whatever the interpreter itself takes
     model = resolved(memory=MemoryPolicy(ceiling_mib=40))
     with pytest.raises(ProfileGateError, match=r"memory peak \d+ MiB is above the ceiling of 40"):
-        profile(model, "", backend=stub(ballast_mib=64), options=FAST, content_hash="h")
+        profile(model, None, backend=stub(ballast_mib=64), options=FAST, content_hash="h")
 
 
 def test_a_server_that_never_gets_ready_fails_within_the_timeout_with_its_log():
@@ -131,9 +132,10 @@ def test_a_server_that_never_gets_ready_fails_within_the_timeout_with_its_log():
     options = ProfileOptions(ready_timeout_s=2, idle_s=0.1)
     before = {p.pid for p in psutil.process_iter()}
     with pytest.raises(ProfileGateError) as info:
-        profile(resolved(), "", backend=shell(code), options=options, content_hash="h")
+        profile(resolved(), None, backend=shell(code), options=options, content_hash="h")
     message = str(info.value)
-    assert "server never ready" in message and "within 2 s" in message
+    assert "server never ready: GET http://127.0.0.1:" in message
+    assert "/readyz did not answer 200 within 2 s (last: " in message
     assert "| loading weights from the registry ..." in message
     # given up at the timeout: a wait for the sleep to end would say "exited with code 0"
     assert "exited" not in message
@@ -148,8 +150,11 @@ def test_a_server_that_never_gets_ready_fails_within_the_timeout_with_its_log():
 def test_a_server_that_exits_fails_at_once_with_its_exit_code():
     code = "import sys; print('ModuleNotFoundError: No module named sklearn'); sys.exit(3)"
     with pytest.raises(ProfileGateError) as info:
-        profile(resolved(), "", backend=shell(code), options=FAST, content_hash="h")
-    assert "exited with code 3" in str(info.value)
+        profile(resolved(), None, backend=shell(code), options=FAST, content_hash="h")
+    assert (
+        "server never ready: the server process exited with code 3 before GET /readyz "
+        "answered 200" in str(info.value)
+    )
     assert "No module named sklearn" in str(info.value)
 
 
@@ -163,7 +168,7 @@ def test_fleet_run_uses_the_cache_and_profiles_a_changed_hash_again(tmp_path):
     def run(hash_of: Callable[[ResolvedModel], str]) -> list[str]:
         outcomes = profile_fleet(
             models,
-            "",
+            None,
             backend=stub(starts=starts),
             options=FAST,
             parallel=2,
@@ -193,10 +198,10 @@ def test_fleet_run_uses_the_cache_and_profiles_a_changed_hash_again(tmp_path):
 
 def test_a_cached_report_is_judged_under_the_current_policy(tmp_path):
     cache = ProfileCache(tmp_path)
-    first = profile(resolved(), "", backend=stub(), options=FAST, content_hash="h", cache=cache)
+    first = profile(resolved(), None, backend=stub(), options=FAST, content_hash="h", cache=cache)
     wider = resolved(memory=MemoryPolicy(request_margin_percent=100))
-    again = profile(wider, "", backend=stub("fail"), options=FAST, content_hash="h", cache=cache)
+    again = profile(wider, None, backend=stub("fail"), options=FAST, content_hash="h", cache=cache)
     assert again.cached and again.memory == first.memory
     assert again.recommendation.request_mib > first.recommendation.request_mib
     with pytest.raises(ProfileGateError, match="above the ceiling"):
-        profile(resolved(memory=MemoryPolicy(ceiling_mib=1)), "", content_hash="h", cache=cache)
+        profile(resolved(memory=MemoryPolicy(ceiling_mib=1)), None, content_hash="h", cache=cache)

@@ -1,10 +1,12 @@
 """A stand-in model server for the profiler's tests (no tests here; run as a script).
 
-`python test_profiler_stub.py PORT MODE BALLAST_MIB` serves the model server API of
-contract 1 on 127.0.0.1:PORT. It holds BALLAST_MIB MiB of written memory. MODE: `ok`
-(validates records with fleet.schema), `fail` (every prediction answers 500 and logs a
-ValueError), `lenient` (accepts anything), `grow` (keeps 1 MiB per prediction request).
-Kept light (stdlib and pydantic only) so it starts in well under a second.
+`python test_profiler_stub.py PORT MODE BALLAST_MIB COLUMNS` serves the model server API
+of contract 1 on 127.0.0.1:PORT for a model whose signature is COLUMNS (a JSON list of
+`fleet.schema.Column` dicts; `tests.support.stub_argv` gives the whole command). It holds
+BALLAST_MIB MiB of written memory. MODE: `ok` (validates records with fleet.schema),
+`fail` (every prediction answers 500 and logs a ValueError), `lenient` (accepts anything),
+`grow` (keeps 1 MiB per prediction request). Kept light (stdlib and pydantic only) so it
+starts in well under a second.
 """
 
 from __future__ import annotations
@@ -14,15 +16,8 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-COLUMNS: list[dict[str, Any]] = [
-    {"name": "distance", "type": "double", "required": True},
-    {"name": "hour", "type": "long", "required": True},
-    {"name": "night", "type": "boolean", "required": False},
-    {"name": "city", "type": "string", "required": True},
-]
 
-
-def serve(port: int, mode: str, ballast_mib: int) -> None:
+def serve(port: int, mode: str, ballast_mib: int, columns: list[dict[str, Any]]) -> None:
     from pydantic import ValidationError
 
     from fleet.schema import Column, batch_model
@@ -30,7 +25,7 @@ def serve(port: int, mode: str, ballast_mib: int) -> None:
     print("stub: loading", flush=True)
     ballast = b"x" * (ballast_mib * 2**20)  # written, so resident
     leak: list[bytes] = []
-    model = batch_model("stub", [Column.from_dict(c) for c in COLUMNS])
+    model = batch_model("stub", [Column.from_dict(c) for c in columns])
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like the real server
@@ -77,4 +72,4 @@ def serve(port: int, mode: str, ballast_mib: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))

@@ -1,162 +1,41 @@
 """The router over real HTTP: uvicorn-served router in front of real (small) backends.
 
-The backends here are a few lines of ASGI served by uvicorn on free ports: they answer
-the model server API (`POST /predict {"records": [...]}` → JSON array) and echo what
-they received, so tests see exactly what the router forwarded. `Served` and
-`echo_backend` are shared with the other router test files. The real BentoML model
-server is in test_router_bentoml.py.
+The backends here are a few lines of ASGI served by uvicorn on free ports
+(`tests.support.echo_backend`): they answer the model server API (`POST /predict
+{"records": [...]}` → JSON array) and echo what they received, so tests see exactly what
+the router forwarded. The real BentoML model server is in test_router_bentoml.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from fleet.local import free_port
-from fleet.registry import ResolvedModel
 
+from fleet.resolved import ResolvedModel
 from fleet.routes import RouterLimits, build_routes_config
 from fleet.schema import random_records
 from fleet.spec import Fleet
-from tests.conftest import ROOT
+from tests.support import Served, Servers
 
 pytestmark = pytest.mark.slow
 
 
-class Served:
-    """A server in a child process on 127.0.0.1:port, restartable on the same port.
-
-    Child processes, not threads: a router, a backend and a load loop sharing one
-    interpreter's GIL slow each other down by orders of magnitude.
-    """
-
-    def __init__(self, argv: list[str], port: int) -> None:
-        self.argv = argv
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def asgi(target: str, port: int | None = None) -> Served:
-        """uvicorn serving `module:attribute`."""
-        port = port or free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            target,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--timeout-graceful-shutdown",
-            "1",
-        ]
-        return Served(argv, port)
-
-    @staticmethod
-    def router(config: dict[str, Any], path: Path, port: int | None = None) -> Served:
-        """`python -m fleet.router` with `config` written to `path`."""
-        path.write_text(json.dumps(config))
-        port = port or free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "fleet.router",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-        return Served(argv, port)
-
-    def start(self, timeout_s: float = 60) -> Served:
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.argv} did not listen on port {self.port}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-async def echo_backend(scope: Any, receive: Any, send: Any) -> None:
-    """A stand-in model server. The first path segment names the model it plays:
-
-    `hang*` never answers, `fail*` answers 500; a record with x == 13 gets a 422 the
-    way a model server refuses a record; otherwise one prediction per record:
-    {"model": <segment>, "record": <the record as received>}.
-    """
-    assert scope["type"] == "http"
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    model = scope["path"].strip("/").split("/")[0]
-    status, out = 200, b""
-    if scope["method"] != "POST":
-        out = b'{"status": "ok"}'  # a probe
-    elif model.startswith("hang"):
-        await asyncio.sleep(3600)
-    elif model.startswith("fail"):
-        status, out = 500, b'{"detail": "model crashed"}'
-    else:
-        records = json.loads(body)["records"]
-        if any(r.get("x") == 13.0 for r in records):
-            status, out = 422, json.dumps({"detail": "records.0.x: 13 is out of range"}).encode()
-        else:
-            out = json.dumps([{"model": model, "record": r} for r in records]).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": out})
-
-
 @pytest.fixture(scope="module")
-def backend() -> Iterator[Served]:
-    served = Served.asgi("tests.integration.test_router:echo_backend").start()
-    try:
-        yield served
-    finally:
-        served.stop()
+def backend(servers: Servers) -> Served:
+    return servers.echo().start()
 
 
 @pytest.fixture(scope="module")
 def demo_router(
+    servers: Servers,
     backend: Served,
     demo_fleet: Fleet,
     demo_resolved: list[ResolvedModel],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
+) -> str:
     """The router for the demo fleet, each model played by the echo backend."""
     config = build_routes_config(
         demo_fleet,
@@ -164,11 +43,7 @@ def demo_router(
         lambda r: f"{backend.url}/{r.name}",
         limits=RouterLimits(timeout_s=5.0),
     )
-    router = Served.router(config, tmp_path_factory.mktemp("router") / "routes.json").start()
-    try:
-        yield router.url
-    finally:
-        router.stop()
+    return servers.router(config, tmp_path_factory.mktemp("router") / "routes.json").start().url
 
 
 def test_every_demo_route_reaches_its_model(

@@ -7,22 +7,16 @@ through the router equal the model server's own, for one record and for a batch.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from fleet.local import free_port
-from fleet.registry import ResolvedModel
 
+from fleet.host.model_store import ModelStore
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from fleet.routes import build_routes_config
 from fleet.schema import random_records
 from fleet.spec import Fleet
-from tests.integration.test_router import Served
-
-launch = pytest.importorskip("fleet.serving.launch")
+from tests.support import Servers, by_name
 
 pytestmark = pytest.mark.slow
 
@@ -31,55 +25,27 @@ MODEL = "demand_forecast_1"
 
 @pytest.fixture(scope="module")
 def model_server(
-    tmp_path_factory: pytest.TempPathFactory, demo_resolved: list[ResolvedModel], demo_uri: str
-) -> Iterator[tuple[ResolvedModel, str]]:
-    resolved = next(r for r in demo_resolved if r.name == MODEL)
-    previous = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(tmp_path_factory.mktemp("bentoml"))
-    proc = None
-    try:
-        tag = launch.prepare_model(resolved, demo_uri)
-        port = free_port()
-        argv, env = launch.server_command(resolved, port, bento_model_tag=tag)
-        proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        launch.wait_ready(
-            url, timeout_s=240, alive=lambda: proc is not None and proc.poll() is None
-        )
-        yield resolved, url
-    finally:
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if previous is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = previous
+    servers: Servers,
+    model_store: ModelStore,
+    demo_resolved: list[ResolvedModel],
+    demo_registry: Registry,
+) -> tuple[ResolvedModel, str]:
+    resolved = by_name(demo_resolved, MODEL)
+    served = servers.model_server(resolved, model_store, demo_registry).start(timeout_s=240)
+    return resolved, served.url
 
 
 @pytest.fixture(scope="module")
 def router(
+    servers: Servers,
     model_server: tuple[ResolvedModel, str],
     demo_fleet: Fleet,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
+) -> str:
     resolved, url = model_server
     config = build_routes_config(demo_fleet.only([MODEL]), [resolved], lambda _: url)
-    served = Served.router(config, tmp_path_factory.mktemp("router-bentoml") / "routes.json")
-    try:
-        yield served.start().url
-    finally:
-        served.stop()
+    path = tmp_path_factory.mktemp("router-bentoml") / "routes.json"
+    return servers.router(config, path).start().url
 
 
 def test_predictions_through_the_router_equal_the_model_servers(

@@ -1,101 +1,25 @@
 """The router's backend client (`fleet.router.proxy.Proxy`) against real TCP servers.
 
-Each test runs a small asyncio HTTP server in the test's own event loop whose
-misbehaviour it controls (closing idle connections, answering late, half an answer,
-chunked answers, garbage) and counts the connections and requests it saw.
+Each test runs a small asyncio HTTP server in the test's own event loop
+(`tests.support.backend`) whose misbehaviour it controls (closing idle connections,
+answering late, half an answer, chunked answers, garbage) and counts the connections
+and requests it saw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
-from fleet.local import free_port
 
+from fleet.host.processes import free_port
 from fleet.router.proxy import BackendError, Proxy
+from tests.support import Behaviour, Seen, answer, backend, response
 
 RECORDS = b'[{"x":1.0}]'
-ANSWER = b"[0.5]"
-
-
-@dataclass
-class Seen:
-    """What the server saw: connections opened, requests per connection, heads."""
-
-    connections: int = 0
-    open_now: int = 0
-    most_open: int = 0
-    heads: list[bytes] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-
-
-def response(body: bytes, *, status: int = 200, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        status,
-        len(body),
-        extra,
-        body,
-    )
-
-
-# behaviour(request number on this connection, seen, writer) -> keep the connection?
-Behaviour = Callable[[int, Seen, asyncio.StreamWriter], Awaitable[bool]]
-
-
-async def answer(n: int, seen: Seen, writer: asyncio.StreamWriter) -> bool:
-    writer.write(response(ANSWER))
-    return True
-
-
-async def serve(behaviour: Behaviour) -> tuple[asyncio.Server, Seen, str]:
-    seen = Seen()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.connections += 1
-        seen.open_now += 1
-        seen.most_open = max(seen.most_open, seen.open_now)
-        try:
-            n = 0
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                seen.heads.append(head)
-                seen.bodies.append(await reader.readexactly(length))
-                n += 1
-                if not await behaviour(n, seen, writer):
-                    return
-                await writer.drain()
-        finally:
-            seen.open_now -= 1
-            writer.close()
-
-    port = free_port()
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
-    return server, seen, f"http://127.0.0.1:{port}"
-
-
-@asynccontextmanager
-async def backend(behaviour: Behaviour, **pool: Any) -> AsyncIterator[tuple[Proxy, str, Seen]]:
-    """(a Proxy with `pool` settings, the server's URL, what it saw) while the server runs."""
-    server, seen, url = await serve(behaviour)
-    proxy = Proxy(**{"max_connections": 8, **pool})
-    try:
-        yield proxy, url, seen
-    finally:
-        await proxy.aclose()
-        server.close()
+ANSWER = b"[0.5]"  # what `answer` answers
 
 
 def run(behaviour: Behaviour, test: Callable[[Proxy, str, Seen], Awaitable[None]]) -> None:

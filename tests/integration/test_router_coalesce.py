@@ -1,21 +1,21 @@
 """Requests waiting for the same model server go as one call (`fleet.router.coalesce`).
 
-Against a real TCP server (the one of test_router_client.py) that answers each record
-with its `x`, so every caller can check that it got exactly its own predictions.
+Against a real TCP server (`tests.support.backend`, as in test_router_client.py) that
+answers each record with its `x`, so every caller can check that it got exactly its own
+predictions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from fleet.router.coalesce import Coalescer
 from fleet.router.proxy import BackendError
-from tests.integration.test_router_client import Behaviour, Seen, backend, response
+from tests.support import Behaviour, Seen, backend, response
 
 
 def records(*xs: float) -> bytes:
@@ -101,24 +101,34 @@ def test_a_refused_merged_call_is_resent_request_by_request() -> None:
 
 
 def test_a_waiting_request_times_out_on_its_own_and_is_never_sent() -> None:
-    async def slow_first(n: int, seen: Seen, writer: asyncio.StreamWriter) -> bool:
+    # The first call is held by the server until the test lets it go; a request that
+    # waits behind it must get its 504 at its own timeout, while the first is still held.
+    release = asyncio.Event()
+
+    async def held_first(n: int, seen: Seen, writer: asyncio.StreamWriter) -> bool:
         if len(seen.bodies) == 1:
-            await asyncio.sleep(0.6)
+            await release.wait()
         writer.write(response(b"[0.5]"))
         return True
 
     async def test(backends: Coalescer, url: str, seen: Seen) -> None:
         first = asyncio.ensure_future(backends.predict(url, records(1), 1, 5))
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
+        while not seen.bodies:  # the first call is in flight
+            await asyncio.sleep(0.01)
         with pytest.raises(BackendError) as err:
             await backends.predict(url, records(2), 1, 0.2)
-        assert err.value.status == 504 and time.monotonic() - started < 0.5
+        assert err.value.status == 504
+        assert err.value.message == f"model server {url} gave no answer in 0.2 s"
+        # It gave up on its own: the call it waited for has not been answered yet, and
+        # it was never sent.
+        assert not first.done()
+        assert sent(seen) == [[1]]
+        release.set()
         assert await first == b"[0.5]"
         assert await backends.predict(url, records(3), 1, 5) == b"[0.5]"
         assert sent(seen) == [[1], [3]]
 
-    run(slow_first, test)
+    run(held_first, test)
 
 
 def test_a_merged_answer_with_the_wrong_count_fails_its_requests_with_502() -> None:

@@ -1,23 +1,21 @@
 """Backend faults through the real router: refused, hanging, failing, rejecting, restarted.
 
 The router runs as `python -m fleet.router`; the backends are the echo model-server
-stand-ins of test_router.py, each a uvicorn child process.
+stand-ins (`tests.support.echo_backend`), each a uvicorn child process.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from fleet.local import free_port
 
-from tests.integration.test_router import Served
+from fleet.host.processes import free_port
+from tests.support import Served, Servers
 
 pytestmark = pytest.mark.slow
 
-ECHO = "tests.integration.test_router:echo_backend"
 X = [{"name": "x", "type": "double", "required": True}]
 HANG_TIMEOUT_S = 0.5
 
@@ -34,11 +32,11 @@ def _route(path: str, model: str, backend: str, timeout_s: float = 5.0) -> dict[
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Served]]:
+def rig(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Served]:
     """A router in front of: a healthy backend, one that hangs, one that fails, a port
     nothing listens on, and a backend the tests stop and start again."""
-    main = Served.asgi(ECHO).start()
-    restartable = Served.asgi(ECHO).start()
+    main = servers.echo().start()
+    restartable = servers.echo().start()
     closed = f"http://127.0.0.1:{free_port()}"
     config = {
         "routes": [
@@ -49,14 +47,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Served]]
             _route("/restart", "m_restart", f"{restartable.url}/m_restart"),
         ]
     }
-    router = Served.router(config, tmp_path_factory.mktemp("faults") / "routes.json")
-    try:
-        router.start()
-        yield {"router": router, "restartable": restartable}
-    finally:
-        router.stop()
-        restartable.stop()
-        main.stop()
+    router = servers.router(config, tmp_path_factory.mktemp("faults") / "routes.json").start()
+    return {"router": router, "restartable": restartable}
 
 
 def _post(router: Served, path: str, x: float = 1.0) -> httpx.Response:

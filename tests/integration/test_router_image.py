@@ -7,29 +7,26 @@ stand-in on the host's loopback; its routes config is mounted where the ConfigMa
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from fleet.build import UID, BuildSettings
-from fleet.image import docker, inspect
-from fleet.local import free_port
 
-from components.router_image import RouterImageArgs, build_router_image, router_image_inputs
+from components.router_image import RouterImageArgs, router_image_inputs
 from components.router_manifests import CONFIG_DIR, CONFIG_FILE
-from tests.integration.test_image import container_ready, engine_reachable
-from tests.integration.test_router import Served
+from fleet.host.docker_cli import inspect
+from fleet.host.images import UID, BuildSettings, build_router_image
+from fleet.host.processes import free_port
+from tests.support import Servers, container, container_ready, docker_problem
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-ECHO = "tests.integration.test_router:echo_backend"
 
 
 @pytest.fixture(scope="module")
 def router_image() -> str:
-    if not engine_reachable():
-        pytest.skip(f"no Docker engine answers `{docker()} info`")
+    problem = docker_problem()
+    if problem:
+        pytest.skip(problem)
     settings = BuildSettings()
     ref = str(router_image_inputs(RouterImageArgs(settings))["image_ref"])
     build_router_image(ref, settings)
@@ -37,8 +34,10 @@ def router_image() -> str:
 
 
 @pytest.fixture(scope="module")
-def router_url(router_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    backend = Served.asgi(ECHO).start()
+def router_url(
+    router_image: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    backend = servers.echo().start()
     config_dir = tmp_path_factory.mktemp("routes")
     config = {
         "routes": [
@@ -55,26 +54,13 @@ def router_url(router_image: str, tmp_path_factory: pytest.TempPathFactory) -> I
     config_dir.chmod(0o755)
     (config_dir / CONFIG_FILE).chmod(0o644)
     port = free_port()
-    run = [
-        docker(),
-        "run",
-        "-d",
-        "--network",
-        "host",
-        "-v",
-        f"{config_dir}:{CONFIG_DIR}:ro",
-        router_image,
-        # The Deployment's args (components/router_manifests.py), on a free host port.
-        *("--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "127.0.0.1", "--port", str(port)),
-    ]
-    cid = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
-    url = f"http://127.0.0.1:{port}"
-    try:
+    run = ["--network", "host", "-v", f"{config_dir}:{CONFIG_DIR}:ro", router_image]
+    # The Deployment's args (components/router_manifests.py), on a free host port.
+    run += ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "127.0.0.1", "--port", str(port)]
+    with container(*run) as cid:
+        url = f"http://127.0.0.1:{port}"
         container_ready(cid, url, timeout_s=120)
         yield url
-    finally:
-        subprocess.run([docker(), "rm", "-f", cid], capture_output=True)
-        backend.stop()
 
 
 def test_the_router_image_runs_as_non_root_with_its_entrypoint(router_image: str) -> None:
@@ -101,7 +87,7 @@ def test_the_router_container_routes_validates_and_serves_its_docs(router_url: s
 
 def test_the_router_image_is_reused_when_nothing_changed(router_image: str) -> None:
     settings = BuildSettings()
-    image_id, built = build_router_image(router_image, settings)
-    assert built is False
+    again = build_router_image(router_image, settings)
+    assert again.built is False
     info = inspect(router_image)
-    assert info is not None and image_id == info["Id"]
+    assert info is not None and again.image_id == info["Id"]

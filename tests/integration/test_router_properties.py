@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet.router.app import create_app
-from tests.integration.test_router import Served
+from tests.support import Servers
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,8 @@ STATUSES = {200, 400, 404, 405, 413, 415, 422}
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    backend = Served.asgi("tests.integration.test_router:echo_backend").start()
+def client(servers: Servers) -> Iterator[TestClient]:
+    backend = servers.echo().start()
     config = {
         "limits": {"max_batch": 8, "max_body_bytes": 4096, "timeout_s": 5.0},
         "routes": [
@@ -64,11 +64,8 @@ def client() -> Iterator[TestClient]:
             }
         ],
     }
-    try:
-        with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
-            yield test_client
-    finally:
-        backend.stop()
+    with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
+        yield test_client
 
 
 scalars = st.one_of(

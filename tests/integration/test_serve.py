@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,9 +13,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from fleet.local import free_port
-from fleet.registry import ResolvedModel
 
+from fleet.host.environment import child_env
+from fleet.host.model_store import ModelStore
+from fleet.host.processes import Child, free_port
+from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
 from fleet.spec import Fleet
 from tests.conftest import ROOT
@@ -26,61 +27,57 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def served(
-    tmp_path_factory: pytest.TempPathFactory, demo_home: Path
-) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
-    """`fleet serve` in a fresh working folder whose default registry holds the demo."""
+    tmp_path_factory: pytest.TempPathFactory, demo_home: Path, model_store: ModelStore
+) -> Iterator[tuple[str, Child]]:
+    """`fleet serve` in a fresh working folder whose default registry holds the demo.
+
+    Its environment has no MLFLOW_* variables (the default local registry is used) and
+    the session's BentoML store (models imported once).
+    """
     work = tmp_path_factory.mktemp("serve")
     (work / ".fleet").mkdir()
     shutil.copy(demo_home / "mlflow.db", work / ".fleet" / "mlflow.db")
     shutil.copy(ROOT / "models.yaml", work / "models.yaml")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    argv = [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port)]
     log = work / "serve.log"
-    with log.open("w") as out:
+    with log.open("wb") as out:
+        # Not `Supervisor.start`: this child runs in the working folder (its `.fleet`).
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleet.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--ready-timeout",
-                "600",
-            ],
+            [*argv, "--ready-timeout", "600"],
             cwd=work,
-            env=env,
+            env=child_env(model_store.env()),
+            stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            text=True,
+            start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    child = Child(name="fleet serve", url=f"http://127.0.0.1:{port}", log_path=log, proc=proc)
     try:
-        _wait_for_summary(proc, log)
-        yield url, proc, log
+        _wait_for_summary(child)
+        yield child.url, child
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        child.stop()
 
 
-def _wait_for_summary(proc: subprocess.Popen[str], log: Path, timeout_s: float = 900) -> None:
+def _wait_for_summary(child: Child, timeout_s: float = 900) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        text = log.read_text()
+        text = child.log_path.read_text()
         if "Ctrl-C stops them all" in text:
             return
-        if proc.poll() is not None:
-            pytest.fail(f"fleet serve exited with {proc.returncode}:\n{text[-3000:]}")
+        gone = child.exited()
+        if gone is not None:
+            pytest.fail(f"fleet serve: {gone}:\n{text[-3000:]}")
         time.sleep(1)
-    pytest.fail(f"fleet serve not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"fleet serve not ready after {timeout_s} s:\n{child.log_tail(40)}")
 
 
 def test_summary_names_router_swagger_and_one_curl_per_route(
-    served: tuple[str, subprocess.Popen[str], Path], demo_fleet: Fleet
+    served: tuple[str, Child], demo_fleet: Fleet
 ) -> None:
-    url, _, log = served
-    text = log.read_text()
+    url, child = served
+    text = child.log_path.read_text()
     assert f"router: {url}" in text
     assert f"{url}/docs" in text
     for model in demo_fleet.models:
@@ -89,7 +86,7 @@ def test_summary_names_router_swagger_and_one_curl_per_route(
 
 
 def test_every_route_answers_with_its_model(
-    served: tuple[str, subprocess.Popen[str], Path], demo_resolved: list[ResolvedModel]
+    served: tuple[str, Child], demo_resolved: list[ResolvedModel]
 ) -> None:
     url = served[0]
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -104,7 +101,7 @@ def test_every_route_answers_with_its_model(
 
 
 def test_experiment_route_is_sticky_and_bad_input_is_refused(
-    served: tuple[str, subprocess.Popen[str], Path],
+    served: tuple[str, Child],
     demo_fleet: Fleet,
     demo_resolved: list[ResolvedModel],
 ) -> None:
@@ -126,13 +123,11 @@ def test_experiment_route_is_sticky_and_bad_input_is_refused(
         assert "route_decision_score" in bad.text
 
 
-def test_sigterm_stops_every_process_it_started(
-    served: tuple[str, subprocess.Popen[str], Path],
-) -> None:
-    _, proc, log = served
-    started = psutil.Process(proc.pid).children(recursive=True)
+def test_sigterm_stops_every_process_it_started(served: tuple[str, Child]) -> None:
+    _, child = served
+    started = psutil.Process(child.pid).children(recursive=True)
     assert len(started) >= 11  # ten model servers and the router, plus their workers
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.proc.wait(timeout=60) == 0, child.log_tail(40)
     _gone, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, [p.pid for p in alive]

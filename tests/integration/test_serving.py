@@ -3,51 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-from fleet.registry import ResolvedModel
-from fleet.serving.launch import prepare_model, server_command, wait_ready
 
+from fleet.host.model_store import ModelStore, model_tag
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
+from tests.support import Servers, by_name, wait_for
 
 pytestmark = pytest.mark.slow
 
 MATCH = "match_probability_1_TAXI_trafficaware"
 DEMAND = "demand_forecast_1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("bentoml")
-    previous = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        yield home
-    finally:
-        if previous is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = previous
-
-
-def by_name(resolved: list[ResolvedModel], name: str) -> ResolvedModel:
-    return next(r for r in resolved if r.name == name)
 
 
 def unbatched(resolved: ResolvedModel) -> ResolvedModel:
@@ -59,59 +32,34 @@ def unbatched(resolved: ResolvedModel) -> ResolvedModel:
 
 
 @pytest.fixture(scope="module")
-def servers(
-    bentoml_home: Path, demo_resolved: list[ResolvedModel], demo_uri: str
-) -> Iterator[dict[str, str]]:
+def servers_by_model(
+    servers: Servers,
+    model_store: ModelStore,
+    demo_resolved: list[ResolvedModel],
+    demo_registry: Registry,
+) -> dict[str, str]:
     """Both servers, started together (their start-ups overlap): the logistic regression
     with batching on (max batch 64), the decision tree (long, double and boolean inputs)
     with batching off."""
-    wanted = {
-        MATCH: by_name(demo_resolved, MATCH),
-        DEMAND: unbatched(by_name(demo_resolved, DEMAND)),
-    }
-    procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    try:
-        for name, resolved in wanted.items():
-            tag = prepare_model(resolved, demo_uri)
-            port = free_port()
-            argv, env = server_command(resolved, port, bento_model_tag=tag)
-            proc = subprocess.Popen(
-                argv,
-                env={**os.environ, **env},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            procs[name] = (proc, f"http://127.0.0.1:{port}")
-        for proc, url in procs.values():
-            wait_ready(url, timeout_s=240, alive=lambda p=proc: p.poll() is None)
-        yield {name: url for name, (_, url) in procs.items()}
-    finally:
-        for proc, _ in procs.values():
-            os.killpg(proc.pid, 15)
-        for proc, _ in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+    wanted = [by_name(demo_resolved, MATCH), unbatched(by_name(demo_resolved, DEMAND))]
+    started = [servers.model_server(r, model_store, demo_registry).launch() for r in wanted]
+    wait_for(started, timeout_s=240)
+    return {s.name: s.url for s in started}
 
 
 @pytest.fixture(scope="module")
-def match_server(servers: dict[str, str]) -> str:
-    return servers[MATCH]
+def match_server(servers_by_model: dict[str, str]) -> str:
+    return servers_by_model[MATCH]
 
 
 @pytest.fixture(scope="module")
-def demand_server(servers: dict[str, str]) -> str:
-    return servers[DEMAND]
+def demand_server(servers_by_model: dict[str, str]) -> str:
+    return servers_by_model[DEMAND]
 
 
-def reference(resolved: ResolvedModel, tracking_uri: str, records: list[dict[str, Any]]) -> Any:
-    """The MLflow pyfunc model's own predictions for `records`."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(resolved.model_uri)
+def reference(resolved: ResolvedModel, store: ModelStore, records: list[dict[str, Any]]) -> Any:
+    """The MLflow pyfunc model's own predictions for `records`, from its imported copy."""
+    model = mlflow.pyfunc.load_model(str(store.model_dir(model_tag(resolved)) / "mlflow_model"))
     return list(model.predict(pd.DataFrame(records)))
 
 
@@ -144,7 +92,7 @@ def metric_batches(url: str) -> tuple[float, float]:
 
 
 def test_64_concurrent_clients_get_the_pyfunc_answers_in_batches(
-    match_server: str, demo_resolved: list[ResolvedModel], demo_uri: str
+    match_server: str, demo_resolved: list[ResolvedModel], model_store: ModelStore
 ) -> None:
     resolved = by_name(demo_resolved, MATCH)
     records = random_records(resolved.inputs, 640, seed=3)
@@ -155,7 +103,7 @@ def test_64_concurrent_clients_get_the_pyfunc_answers_in_batches(
 
     assert [r.status_code for r in responses] == [200] * len(bodies)
     got = [p for r in responses for p in r.json()]
-    assert got == pytest.approx(reference(resolved, demo_uri, records), rel=1e-12, abs=1e-15)
+    assert got == pytest.approx(reference(resolved, model_store, records), rel=1e-12, abs=1e-15)
     calls, _ = metric_batches(match_server)
     # 320 requests of 2 records: batches beyond one request mean fewer calls than requests.
     assert calls - calls_before < len(bodies)
@@ -170,13 +118,13 @@ def test_batches_of_more_than_one_record_formed(match_server: str) -> None:
 
 
 def test_one_record_is_one_prediction(
-    match_server: str, demo_resolved: list[ResolvedModel], demo_uri: str
+    match_server: str, demo_resolved: list[ResolvedModel], model_store: ModelStore
 ) -> None:
     resolved = by_name(demo_resolved, MATCH)
     record = random_records(resolved.inputs, 1, seed=9)[0]
     resp = httpx.post(f"{match_server}/predict", json={"records": [record]})
     assert resp.status_code == 200
-    assert resp.json() == pytest.approx(reference(resolved, demo_uri, [record]), rel=1e-12)
+    assert resp.json() == pytest.approx(reference(resolved, model_store, [record]), rel=1e-12)
     assert isinstance(resp.json()[0], float)
 
 
@@ -222,7 +170,7 @@ def test_probes_and_metrics(match_server: str) -> None:
 
 
 def test_typed_inputs_without_batching_match_the_pyfunc_model(
-    demand_server: str, demo_resolved: list[ResolvedModel], demo_uri: str
+    demand_server: str, demo_resolved: list[ResolvedModel], model_store: ModelStore
 ) -> None:
     resolved = by_name(demo_resolved, DEMAND)
     assert {c.type for c in resolved.inputs} == {"long", "double", "boolean"}
@@ -231,7 +179,7 @@ def test_typed_inputs_without_batching_match_the_pyfunc_model(
     responses = asyncio.run(post_all(demand_server, bodies, concurrency=16))
     assert [r.status_code for r in responses] == [200] * len(bodies)
     got = [r.json()[0] for r in responses]
-    assert got == pytest.approx(reference(resolved, demo_uri, records), rel=1e-12)
+    assert got == pytest.approx(reference(resolved, model_store, records), rel=1e-12)
     calls, singles = metric_batches(demand_server)
     assert calls == singles  # batching off: one request, one model call
     wrong = {**records[0], "holiday": "yes"}
