@@ -4,7 +4,7 @@
 
 Each run: a generated fleet (resolved in-process, no registry), the real `deploy_fleet`
 under `pulumi.runtime.set_mocks` (the engine mocked, every resource registered through the
-mock monitor), timed end to end. Also timed separately: `fleet.build.content_hash` over
+mock monitor), timed end to end. Also timed separately: `fleet.host.images.content_hash` over
 the fleet (the only per-model work the program does besides building manifests), and the
 first run in the process (imports of pulumi_kubernetes modules). Prints a Markdown table
 of medians.
@@ -17,11 +17,9 @@ import os
 import statistics
 import time
 
-from fleet.build import BuildSettings, content_hash
-
+from fleet.host.images import BuildSettings, content_hash
 from tests.graph.fleetgen import generated_fleet
-from tests.graph.harness import run_program
-from tests.graph.test_fleet_200 import stack_config
+from tests.graph.harness import run_program, stack_config
 
 
 def time_program(n: int) -> tuple[float, float, int]:

@@ -23,14 +23,11 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,13 +35,16 @@ from typing import Any
 import httpx
 import psutil
 import uvloop
-from fleet.local import free_port
-from fleet.registry import ResolvedModel, default_tracking_uri, resolve_fleet
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet.host.model_server import server_command
+from fleet.host.model_store import ModelStore
+from fleet.host.processes import Child, Supervisor, free_port, wait_ready
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
 from fleet.routes import RouterLimits, build_routes_config
 from fleet.schema import random_records
-from fleet.spec import load_fleet
+from fleet.specfile import load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = "/usr/sbin/nginx"
@@ -73,7 +73,7 @@ http {{
   }}
 }}
 """
-ECHO_APP = "tests.integration.test_router:echo_backend"
+ECHO_APP = "tests.support:echo_backend"
 ROUTER = "router"
 SINGLE = "router, backend_calls 0"
 
@@ -205,50 +205,42 @@ def cpu_s(pid: int) -> float:
     return total
 
 
-@contextmanager
-def child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own session, stopped (with its children) on exit."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+def supervisor(stack: ExitStack) -> Supervisor:
+    """The supervisor of this run's child processes, each in its own session; all stopped
+    (with their children) when `stack` closes. Their logs and files (nginx's config, the
+    routes config) go to a temporary folder, removed after them."""
+    logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
+    started = Supervisor(logs)
+    stack.callback(started.stop_all)
+    return started
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not answering after {timeout_s} s")
+def start(
+    children: Supervisor,
+    name: str,
+    argv: list[str],
+    url: str,
+    *,
+    env: dict[str, str] | None = None,
+    path: str = "/readyz",
+    timeout_s: float = 240,
+) -> Child:
+    """Start `argv` and wait until `GET <url><path>` answers 200."""
+    started = children.start(name, argv, env or {}, url)
+    for _, why in wait_ready([started], timeout_s, path=path):
+        raise RuntimeError(f"{name} never ready: {why}\n{started.log_tail()}")
+    return started
 
 
 def start_backend(
-    stack: ExitStack, args: argparse.Namespace
+    children: Supervisor, args: argparse.Namespace
 ) -> tuple[ResolvedModel, str, str, int]:
     """(resolved model, base URL, description, pid) of the model server under test."""
     fleet = load_fleet(ROOT / "models.yaml").only([args.model])
-    resolved = resolve_fleet(fleet, args.tracking_uri or default_tracking_uri())[0]
+    registry = Registry.from_environment(args.tracking_uri)
+    resolved = registry.resolve(fleet)[0]
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     if args.backend == "echo":
         argv = [
             sys.executable,
@@ -261,45 +253,41 @@ def start_backend(
             "warning",
             "--no-access-log",
         ]
-        proc = stack.enter_context(child(argv))
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/", proc)
+        echo = start(children, "echo", argv, url)  # it answers any GET
         # The echo app takes the model name from the first path segment.
-        return resolved, f"{url}/{resolved.name}", "echo (uvicorn, trivial ASGI app)", proc.pid
-    from fleet.serving.launch import prepare_model, server_command
-
-    tag = prepare_model(resolved, args.tracking_uri or default_tracking_uri())
-    argv, env = server_command(resolved, port, bento_model_tag=tag)
-    proc = stack.enter_context(child(argv, env))
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/readyz", proc)
+        return resolved, f"{url}/{resolved.name}", "echo (uvicorn, trivial ASGI app)", echo.pid
+    store = ModelStore.from_environment()
+    tag = store.import_model(resolved, registry)
+    argv, env = server_command(resolved, port, store, bento_model_tag=tag)
+    server = start(children, "model-server", argv, url, env=env)
     batching = resolved.model.settings.batching
     what = (
         f"BentoML model server, {resolved.name} (batching {batching.enabled}, "
         f"max {batching.max_batch_size}, {batching.max_latency_ms} ms)"
     )
-    return resolved, url, what, proc.pid
+    return resolved, url, what, server.pid
 
 
-def start_nginx(stack: ExitStack, backend_url: str) -> tuple[str, int]:
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nginx-")))
+def start_nginx(children: Supervisor, backend_url: str) -> tuple[str, int]:
+    tmp = Path(tempfile.mkdtemp(prefix="nginx-", dir=children.log_dir))
     backend = httpx.URL(backend_url)
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, backend=backend.port, port=port))
-    proc = stack.enter_context(child([NGINX, "-c", str(conf), "-p", str(tmp)]))
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/", proc, timeout_s=20)
-    return url + backend.raw_path.decode().rstrip("/"), proc.pid
+    argv = [NGINX, "-c", str(conf), "-p", str(tmp)]
+    # Ready when the backend's readiness probe answers through it.
+    nginx = start(children, "nginx", argv, url, timeout_s=20)
+    return url + backend.raw_path.decode().rstrip("/"), nginx.pid
 
 
 def start_router(
-    stack: ExitStack, resolved: ResolvedModel, backend_url: str, backend_calls: int
+    children: Supervisor, resolved: ResolvedModel, backend_url: str, backend_calls: int
 ) -> tuple[str, int]:
     fleet = load_fleet(ROOT / "models.yaml").only([resolved.name])
     config = build_routes_config(fleet, [resolved], lambda _: backend_url)
     config["limits"]["backend_calls"] = backend_calls
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="router-")))
+    tmp = Path(tempfile.mkdtemp(prefix="router-", dir=children.log_dir))
     (tmp / "routes.json").write_text(json.dumps(config))
     port = free_port()
     argv = [
@@ -313,20 +301,20 @@ def start_router(
         "--log-level",
         "warning",
     ]
-    proc = stack.enter_context(child(argv))
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/readyz", proc, timeout_s=60)
-    return url + resolved.model.route, proc.pid
+    router = start(children, f"router-{backend_calls}", argv, url, timeout_s=60)
+    return url + resolved.model.route, router.pid
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
-        resolved, backend, what, backend_pid = start_backend(stack, args)
+        children = supervisor(stack)
+        resolved, backend, what, backend_pid = start_backend(children, args)
         backend_base = "http://" + httpx.URL(backend).netloc.decode()
-        nginx, nginx_pid = start_nginx(stack, backend)
+        nginx, nginx_pid = start_nginx(children, backend)
         default_calls = RouterLimits().backend_calls
-        router, router_pid = start_router(stack, resolved, backend, default_calls)
-        single, single_pid = start_router(stack, resolved, backend, 0)
+        router, router_pid = start_router(children, resolved, backend, default_calls)
+        single, single_pid = start_router(children, resolved, backend, 0)
         # CPU per request of the hop itself (nginx, router) and of the model server: on
         # a shared machine CPU time is steadier than latency.
         hop = {"direct": None, "nginx": nginx_pid, ROUTER: router_pid, SINGLE: single_pid}

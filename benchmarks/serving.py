@@ -14,32 +14,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-from fleet.demo import create_demo_registry
-from fleet.registry import ResolvedModel, resolve_fleet
-from fleet.serving.launch import prepare_model, server_command
-
 from benchmarks.common import pss_mib, run_load
+from fleet.host.demo_registry import create_demo_registry
+from fleet.host.environment import HOST
+from fleet.host.model_server import server_command
+from fleet.host.model_store import ModelStore
+from fleet.host.processes import Child, Supervisor, free_port, wait_ready
+from fleet.host.registry import Registry, local_tracking_uri
+from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
-from fleet.spec import load_fleet
+from fleet.specfile import load_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def with_batching(resolved: ResolvedModel, enabled: bool) -> ResolvedModel:
@@ -51,36 +44,14 @@ def with_batching(resolved: ResolvedModel, enabled: bool) -> ResolvedModel:
     return replace(resolved, model=model)
 
 
-def start(argv: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen[bytes]:
-    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it while it lives)
-    proc = subprocess.Popen(
-        argv,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = Path(log.name).read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{argv[:4]} not ready")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+def start(
+    children: Supervisor, name: str, argv: list[str], env: dict[str, str], url: str, path: str
+) -> Child:
+    """Start a server and wait until `GET <url><path>` answers 200."""
+    started = children.start(name, argv, env, url)
+    for _, why in wait_ready([started], 300, path=path):
+        raise RuntimeError(f"{name} never ready: {why}\n{started.log_tail(40)}")
+    return started
 
 
 async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -95,7 +66,7 @@ async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def measure(
-    servers: dict[str, tuple[subprocess.Popen[bytes], str, list[Any]]], args: argparse.Namespace
+    servers: dict[str, tuple[Child, str, list[Any]]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Every level, in rounds that take turns between the servers; medians over rounds.
 
@@ -142,43 +113,47 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    os.environ.setdefault("BENTOML_HOME", str(work / "bentoml"))
-    uri = args.tracking_uri
-    if uri is None:
-        uri = f"sqlite:///{work / 'mlflow.db'}"
-        create_demo_registry(uri, work / "artifacts", progress=lambda _: None)
+    # $BENTOML_HOME when set, else a fresh store of this run.
+    store = ModelStore(HOST.bentoml_home or (work / "bentoml").resolve())
+    if args.tracking_uri is None:
+        registry = Registry(local_tracking_uri(work))
+        create_demo_registry(registry, work / "artifacts", progress=lambda _: None)
+    else:
+        registry = Registry.from_environment(args.tracking_uri)
     fleet = load_fleet(ROOT / "models.yaml").only([args.model])
-    resolved = resolve_fleet(fleet, uri)[0]
-    tag = prepare_model(resolved, uri)
+    resolved = registry.resolve(fleet)[0]
+    tag = store.import_model(resolved, registry)
     records = random_records(resolved.inputs, 500, seed=0)
-    servers: dict[str, tuple[subprocess.Popen[bytes], str, list[Any]]] = {}
+    servers: dict[str, tuple[Child, str, list[Any]]] = {}
+    children = Supervisor(work / "logs")
     try:
         for enabled in (True, False):
             port = free_port()
+            url = f"http://127.0.0.1:{port}"
             variant = with_batching(resolved, enabled)
-            argv, env = server_command(variant, port, bento_model_tag=tag)
-            proc = start(argv, env, f"http://127.0.0.1:{port}/readyz")
-            name = f"fleet BentoML, batching {'on' if enabled else 'off'}"
+            argv, env = server_command(variant, port, store, bento_model_tag=tag)
+            on = "on" if enabled else "off"
+            server = start(children, f"bentoml-batching-{on}", argv, env, url, "/readyz")
             bodies = [{"records": [r]} for r in records]
-            servers[name] = (proc, f"http://127.0.0.1:{port}/predict", bodies)
+            servers[f"fleet BentoML, batching {on}"] = (server, f"{url}/predict", bodies)
         port = free_port()
+        url = f"http://127.0.0.1:{port}"
         mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
         argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
         argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
         # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PATH": path}
-        proc = start(argv, env, f"http://127.0.0.1:{port}/ping")
+        server = start(children, "mlflow", argv, {**registry.env(), "PATH": path}, url, "/ping")
         bodies = [{"dataframe_records": [r]} for r in records]
-        servers["mlflow models serve"] = (proc, f"http://127.0.0.1:{port}/invocations", bodies)
+        servers["mlflow models serve"] = (server, f"{url}/invocations", bodies)
         port = free_port()
+        url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "uvicorn", "benchmarks.serving:noop_app", "--port", str(port)]
-        proc = start([*argv, "--log-level", "warning"], {}, f"http://127.0.0.1:{port}/")
-        servers["no-op ASGI app (generator ceiling)"] = (proc, f"http://127.0.0.1:{port}/", [{}])
+        server = start(children, "noop", [*argv, "--log-level", "warning"], {}, url, "/")
+        servers["no-op ASGI app (generator ceiling)"] = (server, f"{url}/", [{}])
         rows = measure(servers, args)
     finally:
-        for proc, _, _ in servers.values():
-            stop(proc)
+        children.stop_all(grace_s=20)
 
     print_table(rows)
     if args.out:

@@ -6,9 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from fleet.registry import ResolvedModel
-
 from components.manifests import MODEL_PORT
+from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture, fake_memory
 from tests.graph.k8s_schema import schema_errors

@@ -7,10 +7,11 @@ import dataclasses
 import hashlib
 
 import yaml
-from fleet.registry import ResolvedModel
 
+from fleet.resolved import ResolvedModel
 from fleet.schema import Column
-from fleet.spec import Fleet, Model, parse_fleet
+from fleet.spec import Fleet, Model
+from fleet.specfile import parse_fleet
 
 PRODUCTS = ("TAXI", "PHV")
 VARIANTS = ("trafficaware", "trafficunaware")

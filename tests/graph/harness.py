@@ -17,10 +17,38 @@ from typing import Any
 import pulumi
 from pulumi.runtime.mocks import MockMonitor
 
+from components.config import IngressConfig, RegistryAuth, RouterConfig, StackConfig
+
 IMAGE_TYPE = "pulumi-python:dynamic/fleet:ModelImage"
 PROFILE_TYPE = "pulumi-python:dynamic/fleet:MemoryProfile"
 ROUTER_IMAGE_TYPE = "pulumi-python:dynamic/fleet:RouterImage"
 SECRET_INPUTS = ("registry_password", "mlflow_token")
+PRODUCTION_NAMESPACE = "fleet"
+"""The namespace of `stack_config()`."""
+
+
+def stack_config() -> StackConfig:
+    """Production-like config; built inside the Pulumi runtime (it holds secret Outputs)."""
+    return StackConfig(
+        stack="production",
+        namespace=PRODUCTION_NAMESPACE,
+        models_file="models.yaml",
+        alias="champion",
+        tracking_uri="https://mlflow.example.com",
+        registry="registry.example.com/model-fleet",
+        base_image="model-fleet/base:bookworm",
+        ca_bundle=None,
+        push=True,
+        router=RouterConfig(image="registry.example.com/model-fleet/router:0.1.0", replicas=3),
+        ingress=IngressConfig(host="models.example.com", tls_secret="models-tls"),
+        registry_auth=RegistryAuth(
+            server="registry.example.com",
+            username="ci",
+            password=pulumi.Output.secret("pw"),
+        ),
+        mlflow_token=pulumi.Output.secret("token"),
+        extra_labels={"team": "pricing"},
+    )
 
 
 def fake_digest(content_hash: str) -> str:

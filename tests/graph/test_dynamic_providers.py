@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dill
 import httpx
 import pytest
-from components.resolved import resolved_from_dict, resolved_to_dict
-from fleet.build import UID, BuildSettings, content_hash, image_ref
 from pulumi.dynamic.dynamic import serialize_provider
 
 from components.image import ModelImageArgs as ImageArgs
@@ -41,7 +35,13 @@ from components.profile import (
 )
 from components.router_image import RouterImageArgs, RouterImageProvider, router_image_inputs
 from components.router_manifests import CONFIG_DIR
+from fleet.host import docker_cli
+from fleet.host.images import UID, BuildSettings, content_hash, image_ref
+from fleet.host.processes import Endpoint, free_port, wait_ready
+from fleet.resolved import ResolvedModel
+from fleet.spec import MemoryPolicy
 from profiler import ProfileGateError
+from profiler.policy import recommend
 from tests.graph.fleetgen import generated_fleet, with_new_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,9 @@ def _stored_image(props):
 
 def test_resolved_model_survives_the_round_trip(small):
     r = small[1][3]
-    assert resolved_from_dict(resolved_to_dict(r)) == r
+    assert ResolvedModel.from_dict(r.to_dict()) == r
+    # through JSON too: the dict is what crosses a process boundary
+    assert ResolvedModel.from_dict(json.loads(json.dumps(r.to_dict()))) == r
 
 
 def test_build_settings_survive_the_round_trip(tmp_path):
@@ -117,7 +119,7 @@ def test_deployable_ref_prefers_the_digest():
 
 def _profile_state(resolved, **over):
     props = {
-        "model": resolved_to_dict(resolved),
+        "model": resolved.to_dict(),
         "image": "registry.example/none@sha256:" + "2" * 64,  # no such image anywhere
         "content_hash": "f" * 16,
         "memory": resolved.model.settings.memory.model_dump(mode="json"),
@@ -154,6 +156,32 @@ def test_policy_change_below_the_peak_fails_the_gate(small):
     state, news = _profile_state(r, memory=policy)
     with pytest.raises(ProfileGateError, match=r.name):
         rederive(state, news)
+    # The provider's update takes the same path: the gate fails it, no profiling.
+    with pytest.raises(ProfileGateError, match=r.name):
+        MemoryProfileProvider().update("id", state, news)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"request_margin_percent": 0},
+        {"request_margin_percent": 100, "limit_factor": 1.0},
+        {"limit_factor": 3.0},
+        {"limit_floor_mib": 512},
+        {"ceiling_mib": 400},  # at the peak, not above it
+    ],
+)
+def test_policy_only_update_follows_the_policy(small, change):
+    """Request and limit after a policy-only update are `profiler.policy.recommend`'s
+    for the stored p95 and peak; the measurement itself is kept."""
+    r = small[1][0]
+    policy = dict(r.model.settings.memory.model_dump(mode="json"), **change)
+    state, news = _profile_state(r, memory=policy)
+    outs = MemoryProfileProvider().update("id", state, news).outs
+    want = recommend(365.0, 400.0, MemoryPolicy.model_validate(policy))
+    assert (outs["request_mib"], outs["limit_mib"]) == (want.request_mib, want.limit_mib)
+    assert (outs["idle_mib"], outs["p95_mib"], outs["peak_mib"]) == (300.0, 365.0, 400.0)
+    assert outs["summary"] == "earlier run" and outs["memory"] == policy
 
 
 @pytest.mark.parametrize(
@@ -176,10 +204,9 @@ def test_providers_pickle_by_reference_and_load_in_a_fresh_process(provider):
 
 
 def _docker_ok() -> bool:
-    docker = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
     try:
-        return subprocess.run([docker, "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        return docker_cli.run("info", timeout=20).returncode == 0
+    except OSError:
         return False
 
 
@@ -254,8 +281,8 @@ def test_real_router_image_runs_read_only_as_in_the_pod(tmp_path):
     }
     (tmp_path / "routes.json").write_text(json.dumps({"version": 1, "routes": [route]}))
     tmp_path.chmod(0o755)
-    port = _free_port()
-    docker = os.environ.get("DOCKER") or shutil.which("docker") or "/usr/bin/docker"
+    port = free_port()
+    docker = docker_cli.docker()
     run = [docker, "run", "--detach", "--rm", "--network", "host", "--read-only"]
     run += ["--tmpfs", "/tmp", "--user", f"{UID}:{UID}", "--cap-drop", "ALL"]
     run += ["--security-opt", "no-new-privileges", "-v", f"{tmp_path}:{CONFIG_DIR}:ro"]
@@ -263,25 +290,10 @@ def test_real_router_image_runs_read_only_as_in_the_pod(tmp_path):
     run += ["--host", "127.0.0.1", "--port", str(port)]
     cid = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        status = _wait_http(f"http://127.0.0.1:{port}/healthz", seconds=120)
+        url = f"http://127.0.0.1:{port}"
+        failed = wait_ready([Endpoint(url)], 120, path="/healthz")
         logs = subprocess.run([docker, "logs", cid], capture_output=True, text=True).stdout
-        assert status == 200, logs
-        assert _wait_http(f"http://127.0.0.1:{port}/readyz", seconds=5) == 200
+        assert failed == [], logs
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 200
     finally:
         subprocess.run([docker, "rm", "--force", cid], capture_output=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_http(url: str, seconds: float) -> int | None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            return httpx.get(url, timeout=2).status_code
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    return None

@@ -5,44 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pulumi
 import pytest
-from fleet.registry import ResolvedModel
 
-from components.config import IngressConfig, RegistryAuth, RouterConfig, StackConfig
 from components.program import deploy_fleet
+from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from tests.graph import checks
 from tests.graph.fleetgen import generated_fleet, with_new_version
-from tests.graph.harness import Capture, run_program
+from tests.graph.harness import PRODUCTION_NAMESPACE, Capture, run_program, stack_config
 
 SIZE = 200
 CHANGED = 57
-NAMESPACE = "fleet"
-
-
-def stack_config() -> StackConfig:
-    """Production-like config; built inside the Pulumi runtime (it holds secret Outputs)."""
-    return StackConfig(
-        stack="production",
-        namespace=NAMESPACE,
-        models_file="models.yaml",
-        alias="champion",
-        tracking_uri="https://mlflow.example.com",
-        registry="registry.example.com/model-fleet",
-        base_image="model-fleet/base:bookworm",
-        ca_bundle=None,
-        push=True,
-        router=RouterConfig(image="registry.example.com/model-fleet/router:0.1.0", replicas=3),
-        ingress=IngressConfig(host="models.example.com", tls_secret="models-tls"),
-        registry_auth=RegistryAuth(
-            server="registry.example.com",
-            username="ci",
-            password=pulumi.Output.secret("pw"),
-        ),
-        mlflow_token=pulumi.Output.secret("token"),
-        extra_labels={"team": "pricing"},
-    )
+NAMESPACE = PRODUCTION_NAMESPACE
 
 
 def deploy(fleet: Fleet, resolved: list[ResolvedModel]) -> Capture:

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
-import fleet.build
+import dataclasses
+
 import pulumi
+import pytest
 
 import components.image
+import components.router_image
+import fleet.host.docker_cli
+import fleet.host.images
 import profiler
+from components.config import RouterConfig
 from components.program import deploy_fleet
+from fleet.host.model_store import ModelStore
 from tests.graph.fleetgen import generated_fleet
-from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, FleetMocks, RecordingMonitor
-from tests.graph.test_fleet_200 import stack_config
+from tests.graph.harness import (
+    IMAGE_TYPE,
+    PROFILE_TYPE,
+    ROUTER_IMAGE_TYPE,
+    FleetMocks,
+    RecordingMonitor,
+    stack_config,
+)
 
 
 def _tripwire(*_args, **_kwargs):
     raise AssertionError("work done at program time")
 
 
-def test_preview_does_no_work(monkeypatch):
+@pytest.mark.parametrize("router_image", ["given", "built"])
+def test_preview_does_no_work(monkeypatch, router_image):
     for module, name in [
-        (fleet.build, "build_image"),
-        (fleet.build, "build_bento"),
-        (fleet.build, "push_image"),
+        (fleet.host.images, "build_image"),
+        (fleet.host.images, "build_bento"),
+        (fleet.host.images, "build_router_image"),
+        (fleet.host.docker_cli, "push"),
+        (fleet.host.docker_cli, "run"),  # any Docker call at all
         (components.image, "build_image"),
-        (components.image, "push_image"),
+        (components.router_image, "build_router_image"),
+        (ModelStore, "import_model"),  # the model download
         (profiler, "profile"),
         (profiler, "profile_fleet"),
     ]:
@@ -40,7 +57,10 @@ def test_preview_does_no_work(monkeypatch):
 
     @pulumi.runtime.test
     def run():
-        deploy_fleet(stack_config(), fleet_spec, resolved)
+        cfg = stack_config()
+        if router_image == "built":  # no image given: the program makes a RouterImage
+            cfg = dataclasses.replace(cfg, router=RouterConfig(replicas=3))
+        deploy_fleet(cfg, fleet_spec, resolved)
 
     run()
     kinds = [typ for typ, _ in mocks.inputs]
@@ -48,3 +68,4 @@ def test_preview_does_no_work(monkeypatch):
     assert kinds.count(PROFILE_TYPE) == sum(
         1 for r in resolved if r.model.settings.memory.fixed_mib is None
     )
+    assert kinds.count(ROUTER_IMAGE_TYPE) == (1 if router_image == "built" else 0)

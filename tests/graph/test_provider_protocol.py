@@ -37,8 +37,16 @@ SECRET = {rpc._special_sig_key: rpc._special_secret_sig, "value": "s3cret-token"
 
 
 def wire(props: dict[str, Any]) -> struct_pb2.Struct:
-    """`props` as the engine sends them: serialized by Pulumi's rpc module."""
-    return asyncio.run(rpc.serialize_properties(props, {}))
+    """`props` as the engine sends them: serialized by Pulumi's rpc module.
+
+    On a loop of its own, not `asyncio.run`: that leaves the main thread without a current
+    event loop, and the Pulumi runtime of the tests that follow needs one.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(rpc.serialize_properties(props, {}))
+    finally:
+        loop.close()
 
 
 def back(struct: struct_pb2.Struct, keep_unknowns: bool = False) -> dict[str, Any]:

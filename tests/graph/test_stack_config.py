@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from components.config import StackConfig, load_stack_config
+from fleet.errors import ConfigError
 from tests.graph.harness import FleetMocks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def test_defaults_live_in_one_place():
 def test_explicit_false_is_kept_and_a_bad_count_is_refused():
     cfg = read({**BASE, "fleet:push": "false", "fleet:profileRequests": "20"})
     assert cfg.push is False and cfg.profile_requests == 20
-    with pytest.raises(ValueError, match="fleet:profileRequests"):
+    with pytest.raises(ConfigError, match="fleet:profileRequests"):
         read({**BASE, "fleet:profileRequests": "0"})
 
 

@@ -8,12 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fleet.build import BuildSettings, content_hash, image_ref
-from fleet.registry import ResolvedModel
 
-from fleet.hashing import exported_requirements, service_files
+from fleet.hashing import MODEL_IMAGE_CODE, image_files
+from fleet.host.images import BuildSettings, content_hash, image_ref
+from fleet.host.requirements import exported_requirements
+from fleet.resolved import ResolvedModel
 from fleet.schema import Column
-from fleet.spec import parse_fleet
+from fleet.specfile import parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,11 +41,11 @@ def resolved() -> ResolvedModel:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of what the hash reads: pyproject.toml, uv.lock and the service code."""
+    """A copy of what the hash reads: pyproject.toml, uv.lock and the model image's code."""
     for name in ("pyproject.toml", "uv.lock", "README.md"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, tmp_path / name)
-    for rel in service_files(ROOT):
+    for rel in image_files(ROOT, MODEL_IMAGE_CODE):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
     return tmp_path

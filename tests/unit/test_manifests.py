@@ -7,7 +7,6 @@ import json
 
 import kubernetes_validate
 import pytest
-from fleet.build import UID
 
 from components.config import IngressConfig
 from components.manifests import (
@@ -38,6 +37,7 @@ from components.router_manifests import (
     routes_configmap,
     routes_json,
 )
+from fleet.host.images import UID
 from fleet.spec import Autoscaling, MemoryPolicy, Settings
 from tests.graph.pss import violations
 

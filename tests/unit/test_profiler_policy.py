@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fleet.spec import MemoryPolicy
 from profiler.cache import ProfileCache
-from profiler.gate import ProfileGateError, problems_of
+from profiler.gate import ProfileGateError, problems_of, rederive
 from profiler.policy import Recommendation, fixed, recommend
 from profiler.report import LoadStats, MemoryStats, PhaseStats, Report, summary_table
 
@@ -136,6 +136,48 @@ def test_gate_names_every_problem():
     err = ProfileGateError("m1", problems, log_tail=["Traceback", "ValueError: boom"])
     assert "model 'm1' failed the profile gate" in str(err)
     assert "| ValueError: boom" in str(err)
+
+
+def test_rederive_follows_the_policy_below_the_ceiling():
+    """A policy-only change: request and limit from the stored p95 and peak."""
+    policy = MemoryPolicy(request_margin_percent=50, ceiling_mib=500)
+    assert rederive("m1", 365.0, 400.0, policy) == recommend(365.0, 400.0, policy)
+    assert rederive("m1", 365.0, 400.0, policy) == Recommendation(548, 600)
+    # at the ceiling is not above it
+    assert rederive("m1", 365.0, 500.0, policy) == recommend(365.0, 500.0, policy)
+
+
+def test_rederive_above_the_ceiling_fails_the_gate_naming_the_model():
+    policy = MemoryPolicy(ceiling_mib=256)
+    with pytest.raises(ProfileGateError, match="model 'm1' failed the profile gate") as info:
+        rederive("m1", 365.0, 400.0, policy)
+    assert info.value.model == "m1"
+    assert info.value.problems == [
+        "memory peak 400 MiB is above the ceiling of 256 MiB (memory.ceiling_mib)"
+    ]
+
+
+@given(
+    p95=st.floats(0, 10_000),
+    extra=st.floats(0, 5_000),
+    margin=st.floats(0, 200),
+    factor=st.floats(1, 4),
+    floor=st.integers(0, 1024),
+    ceiling=st.integers(1, 20_000),
+)
+def test_rederive_is_the_gate_then_recommend(p95, extra, margin, factor, floor, ceiling):
+    peak = p95 + extra
+    policy = MemoryPolicy(
+        request_margin_percent=margin,
+        limit_factor=factor,
+        limit_floor_mib=floor,
+        ceiling_mib=ceiling,
+    )
+    if peak > ceiling:
+        with pytest.raises(ProfileGateError):
+            rederive("m", p95, peak, policy)
+    else:
+        assert rederive("m", p95, peak, policy) == recommend(p95, peak, policy)
 
 
 def test_cache_stores_passing_reports_by_content_hash(tmp_path):

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from fleet.errors import RoutesConfigError
 from fleet.router.app import create_app
 from fleet.router.validation import RequestProblem, RouteSchema, check_content_type, merged_columns
-from fleet.routes import RoutesConfigError
 from fleet.schema import Column
 
 COLUMNS = [

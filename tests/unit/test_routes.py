@@ -6,18 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from fleet.registry import ResolvedModel
 
 from fleet.cli import main
-from fleet.routes import (
-    RouterLimits,
-    RoutesConfigError,
-    build_routes_config,
-    load_routes_config,
-    parse_routes_config,
-)
+from fleet.errors import RoutesConfigError
+from fleet.resolved import ResolvedModel
+from fleet.router.config import RouterLimits, load_routes_config, parse_routes_config
+from fleet.routes import build_routes_config
 from fleet.schema import Column
-from fleet.spec import Fleet, parse_fleet
+from fleet.spec import Fleet
+from fleet.specfile import parse_fleet
 
 FLEET_YAML = """
 models:

@@ -10,8 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleet.errors import SpecError
 from fleet.naming import k8s_name
-from fleet.spec import Fleet, SpecError, load_fleet, parse_fleet
+from fleet.spec import Fleet
+from fleet.specfile import load_fleet, parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
