@@ -48,7 +48,10 @@ def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
     """
     fleet = load_fleet(cfg.models_file).with_alias(cfg.alias)
     fleet = fleet.with_router_limits(cfg.router_limits, name_of=lambda f: f"fleet:routerLimits.{f}")
-    registry = Registry.from_environment(cfg.tracking_uri).with_token(mlflow_token_for_reads())
+    registry = Registry.from_environment(cfg.tracking_uri)
+    if not registry.has_credentials():
+        # A job's own (read-only) credentials win over the stack's; else the stack's token.
+        registry = registry.with_token(mlflow_token_for_reads())
     return fleet, registry.resolve(fleet)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 HASH_LENGTH = 24
 # Bumped when the way images are built changes in a way the inputs below do not show.
-FORMAT = 3
+FORMAT = 4
 _SHARED = ("fleet/__init__.py", "fleet/errors.py", "fleet/schema.py")
 MODEL_IMAGE_CODE = (*_SHARED, "fleet/serving/*.py")
 """The files of the model image's code (the bento's `include`), relative to the project."""

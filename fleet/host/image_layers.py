@@ -5,7 +5,9 @@ a container, and on the vfs storage driver every commit copies the whole root
 filesystem, about a minute per instruction for a model image. Written directly, an image
 is the base image's layers, one layer of Python packages shared by every model image
 (loaded once per pin set), and one small layer with the bento; the image config carries
-env, user, port, command and labels.
+env, user, port, command and labels. Layers are reproducible: the same files give the
+same diff id on any runner (fixed owners, modes and times, sorted entries), and the
+config has a fixed creation time, so the same inputs give the same image id.
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ class _Sha256Writer:
 
 
 def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # The same files give the same layer on any runner: no owners, no times (tar.add
+    # already walks directories in sorted order). Bytecode in a layer is hash-checked
+    # (`requirements.compile_bytecode`), so a zero mtime does not make it stale.
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    info.mtime = 0
+    info.pax_headers = {}
     # Readable by the image's non-root user, writable by nobody but root.
     info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
     return info

@@ -16,6 +16,7 @@ small layer with the bento (a model) or the router's code. The base image's Pyth
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -227,16 +228,7 @@ def _build_model_image(
     (BUILD_ROOT.resolve() / "layers").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{chash}-", dir=BUILD_ROOT.resolve() / "layers"))
     try:
-        shutil.copytree(bento.path, work / "bento")
-        _copy_model(settings.store, model_tag(resolved), work / "bento" / "models")
-        files = {}
-        if settings.ca_bundle is not None:
-            files[CA_PATH] = _base_file(settings.base_image, "/" + CA_PATH) + (
-                b"\n" + settings.ca_bundle.read_bytes()
-            )
-        layer = image_layers.write_layer(
-            work / "layer.tar", {BENTO_DIR.lstrip("/"): work / "bento"}, files
-        )
+        layer = bento_layer(resolved, bento, settings, work)
         config = image_config(resolved, base["Config"].get("Env") or [])
         config["Labels"].update({"fleet.content-hash": chash, "fleet.bento": bento.tag})
         image_id = image_layers.load_image(ref, base, [deps, layer], config)
@@ -247,11 +239,41 @@ def _build_model_image(
     return image_id
 
 
+def bento_layer(
+    resolved: ResolvedModel, bento: BentoResult, settings: BuildSettings, work: Path
+) -> image_layers.Layer:
+    """The model image's own layer in `work`: the bento with its model (and the CA bundle).
+
+    The same model and code give the same layer whichever store or runner built the bento.
+    """
+    shutil.copytree(bento.path, work / "bento")
+    _copy_model(settings.store, model_tag(resolved), work / "bento" / "models")
+    _without_creation_times(work / "bento")
+    files = {}
+    if settings.ca_bundle is not None:
+        files[CA_PATH] = _base_file(settings.base_image, "/" + CA_PATH) + (
+            b"\n" + settings.ca_bundle.read_bytes()
+        )
+    return image_layers.write_layer(
+        work / "layer.tar", {BENTO_DIR.lstrip("/"): work / "bento"}, files
+    )
+
+
 def _copy_model(store: ModelStore, tag: str, models_dir: Path) -> None:
     """The imported model into the bento's own model store (`bentoml serve <bento>` reads it)."""
     name, version = tag.split(":")
     shutil.copytree(store.model_dir(tag), models_dir / name / version)
     (models_dir / name / "latest").write_text(version)
+
+
+_CREATION_TIME = re.compile(r"^(\s*creation_time: ).*$", re.MULTILINE)
+
+
+def _without_creation_times(bento: Path) -> None:
+    """BentoML stamps the bento and each model with the time it made them: fix those
+    stamps, so the same model and code give the same layer on any runner."""
+    for meta in [bento / "bento.yaml", *bento.glob("models/*/*/model.yaml")]:
+        meta.write_text(_CREATION_TIME.sub(r"\g<1>'1970-01-01T00:00:00+00:00'", meta.read_text()))
 
 
 def _base(settings: BuildSettings) -> dict[str, Any]:
@@ -272,7 +294,9 @@ def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
     files made on the way are removed once the engine has the layer.
     """
     pins = requirements.exported_requirements(settings.project_root)
-    key = digest({"pins": pins, "platform": settings.python_platform, "base": base["Id"]})
+    key = digest(
+        {"format": FORMAT, "pins": pins, "platform": settings.python_platform, "base": base["Id"]}
+    )
     ref = f"{DEPS_IMAGE}:{key}"
     with locked(f"deps-{key}"):
         loaded = docker_cli.inspect(ref)
@@ -280,7 +304,7 @@ def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
             return str(loaded["RootFS"]["Layers"][-1])
         root = BUILD_ROOT.resolve() / "deps" / key
         try:
-            requirements.install(pins, root, settings.python_platform)
+            requirements.install(pins, root, settings.python_platform, DEPS_DIR)
             layer = image_layers.write_layer(
                 root.with_suffix(".layer.tar"), {DEPS_DIR.lstrip("/"): root}
             )
@@ -307,6 +331,7 @@ def router_hash(settings: BuildSettings) -> str:
     return digest(
         {
             "kind": "router",
+            "format": FORMAT,
             "code": code_manifest(root, ROUTER_IMAGE_CODE),
             "requirements": digest({"pins": requirements.exported_requirements(root)}),
             "base_image": settings.base_image,

@@ -71,6 +71,9 @@ class Registry:
         """This registry read with `token` (a stack's secret) when one is given."""
         return Registry(self.uri, token, self.username, self.password) if token else self
 
+    def has_credentials(self) -> bool:
+        return bool(self.token or self.username)
+
     def is_local(self, home: Path = LOCAL_HOME) -> bool:
         """Whether this is the default local registry under `home`."""
         return self.uri == local_tracking_uri(home)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from fleet.errors import BuildError
@@ -70,17 +71,32 @@ def _export(root: str, lock_digest: str, project_digest: str) -> str:
     return "\n".join(pins) + "\n"
 
 
-def install(pins: str, target: Path, platform: str) -> None:
-    """`uv pip install --target` of exactly the pins (from uv's cache where it can)."""
+def install(pins: str, target: Path, platform: str, image_path: str) -> None:
+    """`uv pip install --target` of exactly the pins (from uv's cache where it can), with
+    bytecode compiled for where the packages will be in the image (`image_path`)."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     requirements = tmp.with_suffix(".txt")
     requirements.write_text(pins)
-    argv = [uv(), "pip", "install", "--no-deps", "--compile-bytecode", "--target", str(tmp)]
+    argv = [uv(), "pip", "install", "--no-deps", "--target", str(tmp)]
     argv += ["--python-version", "3.11", "--python-platform", platform, "-r", str(requirements)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not (tmp / "bentoml").is_dir():
         raise BuildError(f"installing the image's packages failed: {proc.stderr[-3000:]}")
+    compile_bytecode(tmp, image_path)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+
+
+def compile_bytecode(tree: Path, image_path: str) -> None:
+    """.pyc files for every module of `tree`, the same bytes on any runner.
+
+    Source paths inside them are `image_path` (where the tree is in the image), not this
+    runner's build folder, and they are checked by source hash, not by mtime (the layer
+    has no times). A file that does not compile for this Python (a test file of a
+    package, say) is left without bytecode, as uv would.
+    """
+    argv = [sys.executable, "-m", "compileall", "-q", "-j", "0", "-d", image_path]
+    argv += ["--invalidation-mode", "checked-hash", str(tree)]
+    subprocess.run(argv, capture_output=True, check=False)
