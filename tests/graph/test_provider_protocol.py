@@ -13,6 +13,8 @@ providers work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,8 +31,13 @@ from pulumi.runtime.proto import provider_pb2_grpc
 from components.image import ModelImageArgs, ModelImageProvider, image_inputs
 from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
 from components.wire import plain, resolved_of, unknown
+from fleet.host import docker_cli
+from fleet.host.environment import child_env
 from fleet.host.images import BuildSettings
+from fleet.host.model_store import ModelStore
+from fleet.resolved import ResolvedModel
 from tests.graph.fleetgen import generated_fleet
+from tests.support import by_name, docker_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = {rpc._special_sig_key: rpc._special_secret_sig, "value": "s3cret-token"}
@@ -82,14 +89,17 @@ def test_an_unreadable_model_is_named() -> None:
         resolved_of({"model": {"name": "broken", "version": "not a number"}})
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+@contextlib.contextmanager
+def provider_process(
+    env: dict[str, str] | None = None,
+) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
     """`python -m pulumi.dynamic`, started as the engine starts it, and a stub to call it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulumi.dynamic"],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
@@ -100,6 +110,12 @@ def provider() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
         channel.close()
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+    with provider_process() as stub:
+        yield stub
 
 
 URN = "urn:pulumi:test::model-fleet::pulumi-python:dynamic:Resource::x"
@@ -182,3 +198,68 @@ def test_a_preview_with_unknown_inputs(provider: Any) -> None:
     assert call_diff(provider, "id", image_state, image) == proto.DiffResponse.DIFF_NONE
     moved = {**image, "content_hash": rpc.UNKNOWN, "mlflow_token": SECRET}
     assert call_diff(provider, "id", image_state, moved) == proto.DiffResponse.DIFF_SOME
+
+
+@pytest.fixture(scope="module")
+def engine_provider(
+    model_store: ModelStore,
+) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+    """The provider process with a Docker engine behind it, its BentoML store the session's."""
+    problem = docker_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    with provider_process(child_env(model_store.env())) as stub:
+        yield stub
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_create_then_no_work_through_the_engine_path(
+    engine_provider: Any, demo_uri: str, demo_resolved: list[ResolvedModel]
+) -> None:
+    """create builds (or finds by tag) the image and profiles it; the same inputs again
+    are no change; a policy change updates from the state; read; delete."""
+    model = by_name(demo_resolved, "match_probability_1_TAXI_trafficaware")
+    image_in = with_provider(
+        image_inputs(
+            ModelImageArgs(resolved=model, build=BuildSettings(), tracking_uri=demo_uri, push=False)
+        ),
+        ModelImageProvider(),
+    )
+    # The token arrives as a wrapped secret, as the engine sends it.
+    image_in["mlflow_token"] = SECRET
+    checked = call_check(engine_provider, {}, image_in)
+    made = engine_provider.Create(proto.CreateRequest(urn=URN, properties=wire(checked)))
+    image_out = back(made.properties)
+    assert made.id == image_in["image_ref"]
+    assert image_out["image"] == image_in["image_ref"]  # no push: deployed by tag
+    assert "mlflow_token" not in image_out  # a secret input is not kept in the outputs
+    assert docker_cli.inspect(image_out["image"]) is not None
+    assert call_diff(engine_provider, made.id, image_out, image_in) == proto.DiffResponse.DIFF_NONE
+
+    profile_in = with_provider(
+        profile_inputs(
+            MemoryProfileArgs(
+                resolved=model,
+                image=image_out["image"],
+                content_hash=image_out["content_hash"],
+                requests=20,
+            )
+        ),
+        MemoryProfileProvider(),
+    )
+    made = engine_provider.Create(proto.CreateRequest(urn=URN, properties=wire(profile_in)))
+    measured = back(made.properties)
+    assert 0 < measured["p95_mib"] <= measured["peak_mib"] < 4096
+    assert measured["limit_mib"] >= measured["request_mib"] > measured["p95_mib"]
+    assert call_diff(engine_provider, made.id, measured, profile_in) == proto.DiffResponse.DIFF_NONE
+    looser = {**profile_in, "memory": {**profile_in["memory"], "limit_factor": 3.0}}
+    update = engine_provider.Update(
+        proto.UpdateRequest(id=made.id, urn=URN, olds=wire(measured), news=wire(looser))
+    )
+    updated = back(update.properties)
+    assert updated["peak_mib"] == measured["peak_mib"]  # re-derived, not measured again
+    assert updated["limit_mib"] >= math.ceil(measured["peak_mib"] * 3.0)
+    read = engine_provider.Read(proto.ReadRequest(id=made.id, urn=URN, properties=wire(updated)))
+    assert back(read.properties)["limit_mib"] == updated["limit_mib"]
+    engine_provider.Delete(proto.DeleteRequest(id=made.id, urn=URN, properties=wire(updated)))
