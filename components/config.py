@@ -8,6 +8,7 @@ secret, so they are encrypted in state and never appear in a manifest.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from fleet.errors import ConfigError
 from fleet.host.images import DEFAULT_BASE_IMAGE
 
 NAMESPACE = "fleet"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A Kubernetes namespace name (RFC 1123 label)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class StackConfig:
     router_limits: dict[str, Any] = field(default_factory=dict)
     """`fleet:routerLimits`: fields of models.yaml's `router:` limits this stack overrides
     (validated with them, `fleet.spec.Fleet.with_router_limits`)."""
+    prometheus_namespace: str | None = None
+    """Namespace of the cluster's Prometheus: the model pods' NetworkPolicy lets it in to
+    scrape `/metrics`; None (the default) adds no such rule."""
 
 
 def load_stack_config() -> StackConfig:
@@ -115,6 +121,11 @@ def load_stack_config() -> StackConfig:
     requests = cfg.get_int("profileRequests", 200)
     if requests < 1:
         raise ConfigError(f"fleet:profileRequests must be at least 1 (got {requests})")
+    prometheus = cfg.get("prometheusNamespace") or None
+    if prometheus is not None and not DNS_LABEL.fullmatch(prometheus):
+        raise ConfigError(
+            f"fleet:prometheusNamespace must be a namespace name (DNS label), not {prometheus!r}"
+        )
     return StackConfig(
         stack=pulumi.get_stack(),
         namespace=cfg.get("namespace") or NAMESPACE,
@@ -142,6 +153,7 @@ def load_stack_config() -> StackConfig:
         profile_requests=requests,
         extra_labels=dict(cfg.get_object("labels") or {}),
         router_limits=dict(cfg.get_object("routerLimits") or {}),
+        prometheus_namespace=prometheus,
     )
 
 

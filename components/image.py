@@ -44,6 +44,10 @@ class ModelImageArgs:
     """Registry credentials for the push."""
     mlflow_token: pulumi.Output[str] | None = None
     """MLflow token for the download (secret)."""
+    mlflow_username: str | None = None
+    """MLflow basic-auth user for the download (`mlflow server --app-name basic-auth`)."""
+    mlflow_password: pulumi.Input[str] | None = None
+    """Its password (secret)."""
 
 
 def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
@@ -61,6 +65,8 @@ def image_inputs(args: ModelImageArgs) -> dict[str, Any]:
         "registry_username": args.auth.username if args.auth else None,
         "registry_password": args.auth.password if args.auth else None,
         "mlflow_token": args.mlflow_token,
+        "mlflow_username": args.mlflow_username,
+        "mlflow_password": args.mlflow_password,
     }
 
 
@@ -98,7 +104,14 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
     props = plain(props)
     resolved = resolved_of(props)
     settings = settings_from_dict(props["build"])
-    registry = Registry(props["tracking_uri"], token=props.get("mlflow_token") or None)
+    # The credentials travel with this call's inputs into the worker's environment: four
+    # creates on the provider's four threads, each with its own, never mix.
+    registry = Registry(
+        props["tracking_uri"],
+        token=props.get("mlflow_token") or None,
+        username=props.get("mlflow_username") or None,
+        password=props.get("mlflow_password") or None,
+    )
     result = build_image(resolved, registry, settings)
     if result.content_hash != props["content_hash"]:
         raise RuntimeError(
@@ -113,7 +126,7 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
                 props["registry_server"], props["registry_username"], props["registry_password"]
             )
         digest = docker_cli.push(result.image_ref, login)
-    secrets = ("registry_password", "mlflow_token")
+    secrets = ("registry_password", "mlflow_token", "mlflow_password")
     outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
     outs.update(
         image_id=result.image_id,

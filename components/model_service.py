@@ -38,7 +38,8 @@ class ModelServiceArgs:
     push: bool = True
     """Push the image and deploy it by digest."""
     auth: RegistryAuth | None = None
-    """Registry credentials for the push."""
+    """Registry credentials: the image build pushes with them, the memory profile pulls
+    with them on a runner that does not have the image."""
     mlflow_token: pulumi.Output[str] | None = None
     """MLflow token for the build (secret)."""
     image_pull_secrets: list[str] = field(default_factory=list)
@@ -93,6 +94,7 @@ class ModelService(pulumi.ComponentResource):
                     image=self.image.image,
                     content_hash=self.image.content_hash,
                     requests=args.profile_requests,
+                    auth=args.auth,
                 ),
                 child,
             )

@@ -52,7 +52,7 @@ class Platform(pulumi.ComponentResource):
         super().__init__("fleet:index:Platform", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         meta: Any = namespace_metadata(args.namespace, args.extra_labels)
-        k8s.core.v1.Namespace(f"{name}-namespace", metadata=meta, opts=child)
+        ns = k8s.core.v1.Namespace(f"{name}-namespace", metadata=meta, opts=child)
         self.pull_secrets = []
         auth = args.auth
         if auth is not None:
@@ -63,7 +63,8 @@ class Platform(pulumi.ComponentResource):
                 f"{name}-pull-secret",
                 metadata={
                     "name": PULL_SECRET,
-                    "namespace": args.namespace,
+                    # The Namespace's own output: the Secret is created once it exists.
+                    "namespace": ns.metadata.name,
                     "labels": {"app.kubernetes.io/part-of": PART_OF, **args.extra_labels},
                 },
                 type="kubernetes.io/dockerconfigjson",

@@ -1,11 +1,13 @@
 """A model's memory profile as a Pulumi dynamic resource.
 
 The profiler runs the model image under random requests from its signature and measures
-memory; it runs only in `create`/`update`, and only when the image changed. The
-measured numbers are the resource's outputs, so they live in the stack's state and a
-fresh CI runner needs no cache. When the profiler's gate fails the provider raises: the
-update stops before the Deployment, which depends on these outputs, changes. A change of
-the memory policy alone re-derives request and limit from the stored measurement.
+memory; it runs only in `create`/`update`, and only when the image changed. A runner
+that does not have the image pulls it first, logged in with the stack's registry
+credentials (`fleet.host.docker_cli.pull`). The measured numbers are the resource's
+outputs, so they live in the stack's state and a fresh CI runner needs no cache. When the
+profiler's gate fails the provider raises: the update stops before the Deployment, which
+depends on these outputs, changes. A change of the memory policy alone re-derives request
+and limit from the stored measurement.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from components.config import RegistryAuth
 from components.wire import plain, resolved_of
+from fleet.host import docker_cli
 from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
 
@@ -25,6 +29,9 @@ MEASURE_KEYS = ("image", "content_hash", "requests")
 # Inputs whose change only needs the recommendation re-derived from the measurement.
 POLICY_KEYS = ("memory",)
 NUMBERS = ("request_mib", "limit_mib", "idle_mib", "p95_mib", "peak_mib")
+# Inputs never copied to the outputs. Credentials are in none of the key lists above: a
+# rotated password measures nothing again.
+SECRETS = ("registry_password",)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class MemoryProfileArgs:
     """Content hash of that image; the profiler caches reports under it."""
     requests: int = 200
     """Random requests to send while measuring."""
+    auth: RegistryAuth | None = None
+    """Registry credentials to pull the image with when the runner does not have it (a
+    fresh CI runner re-profiling an image built elsewhere); None for an open registry."""
 
 
 def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
@@ -48,7 +58,21 @@ def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
         "content_hash": args.content_hash,
         "memory": args.resolved.model.settings.memory.model_dump(mode="json"),
         "requests": args.requests,
+        "registry_server": args.auth.server if args.auth else None,
+        "registry_username": args.auth.username if args.auth else None,
+        "registry_password": args.auth.password if args.auth else None,
     }
+
+
+def registry_login(props: dict[str, Any]) -> docker_cli.RegistryLogin | None:
+    """The pull credentials of plain inputs (`profile_inputs`), or None without a user."""
+    if not props.get("registry_username"):
+        return None
+    return docker_cli.RegistryLogin(
+        str(props["registry_server"]),
+        str(props["registry_username"]),
+        str(props.get("registry_password") or ""),
+    )
 
 
 def changed(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
@@ -69,7 +93,7 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
     report = profile(
         resolved,
         None,  # the image already holds the model; nothing is read from MLflow
-        backend=DockerBackend(str(props["image"])),
+        backend=DockerBackend(str(props["image"]), registry_login(props)),
         options=ProfileOptions(plan=plan),
         content_hash=str(props["content_hash"]),
         # The local report cache spares a laptop a second run; CI relies on the state.
@@ -102,7 +126,8 @@ def rederive(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
 def _outputs(
     props: dict[str, Any], request: int, limit: int, stats: dict[str, float], summary: str
 ) -> dict[str, Any]:
-    outs = {k: v for k, v in props.items() if not k.startswith("__")}
+    # The password stays an input (a secret in state), never a plain output.
+    outs = {k: v for k, v in props.items() if k not in SECRETS and not k.startswith("__")}
     outs.update(stats, request_mib=int(request), limit_mib=int(limit), summary=summary)
     return outs
 

@@ -99,9 +99,12 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
             memory_mib=cfg.router.memory_mib,
             image_pull_secrets=platform.pull_secrets,
             extra_labels=cfg.extra_labels,
+            # Routes name model versions: they move once the models have rolled out. The
+            # rest of the router (its image above all) does not wait for the models.
+            routes_after=list(services.values()),
+            prometheus_namespace=cfg.prometheus_namespace,
         ),
-        # Routes name model versions: move them once the models have rolled out.
-        pulumi.ResourceOptions(depends_on=[platform, *services.values()]),
+        after_platform,
     )
     return FleetDeployment(platform=platform, services=services, router=router)
 

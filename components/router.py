@@ -1,8 +1,15 @@
 """`Router`: the routes ConfigMap, the router Deployment, its Service and Ingress, and the
-NetworkPolicy that lets model pods take traffic from the router only."""
+NetworkPolicy that lets model pods take traffic from the router only.
+
+Only the routes ConfigMap and the Deployment that serves them wait for the models
+(`RouterArgs.routes_after`): routes name model versions, so they move once those serve.
+The router image, Service, Ingress and NetworkPolicy wait for nothing of the models: the
+image builds while the models build, and the policy guards model pods from their start.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +67,12 @@ class RouterArgs:
     """Registry Secrets to pull with."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object."""
+    routes_after: Sequence[pulumi.Resource] = ()
+    """What the routes ConfigMap and the router Deployment wait for: every model's
+    ModelService, so the routes never name a version before its pods and Service exist."""
+    prometheus_namespace: str | None = None
+    """Namespace of the cluster's Prometheus, let through the NetworkPolicy to the model
+    pods' port (their `/metrics`); None: no such rule."""
 
 
 class Router(pulumi.ComponentResource):
@@ -97,15 +110,22 @@ class Router(pulumi.ComponentResource):
             memory_mib=args.memory_mib,
             image_pull_secrets=args.image_pull_secrets,
             extra_labels=args.extra_labels,
+            prometheus_namespace=args.prometheus_namespace,
         )
         self.config_checksum = checksum(objects.routes_json)
+        after_models = pulumi.ResourceOptions(parent=self, depends_on=list(args.routes_after))
         cm = routes_configmap(objects)
-        k8s.core.v1.ConfigMap(
-            f"{name}-routes", metadata=cm["metadata"], data=cm["data"], opts=child
+        routes = k8s.core.v1.ConfigMap(
+            f"{name}-routes",
+            metadata=cm["metadata"],
+            immutable=cm["immutable"],
+            data=cm["data"],
+            opts=after_models,
         )
-        dep = router_deployment(objects)
+        # By the ConfigMap's own output: the Deployment waits for it and rolls with its name.
+        dep = router_deployment(objects, routes.metadata.name)
         k8s.apps.v1.Deployment(
-            f"{name}-deployment", metadata=dep["metadata"], spec=dep["spec"], opts=child
+            f"{name}-deployment", metadata=dep["metadata"], spec=dep["spec"], opts=after_models
         )
         svc = router_service(objects)
         k8s.core.v1.Service(

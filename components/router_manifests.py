@@ -11,7 +11,6 @@ from typing import Any
 from components.config import IngressConfig
 from components.manifests import MODEL_COMPONENT, MODEL_PORT
 from components.pod import (
-    ANNOTATION,
     PART_OF,
     PodParams,
     Text,
@@ -27,7 +26,9 @@ ROUTER_COMPONENT = "router"
 ROUTER_PORT = 8080
 CONFIG_DIR = "/etc/fleet"
 CONFIG_FILE = "routes.json"
-CHECKSUM = f"{ANNOTATION}/routes-checksum"
+ROUTES_VOLUME = "routes"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""Label the API server sets on every namespace to its own name."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class RouterObjects:
     """Registry Secrets to pull with."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object."""
+    prometheus_namespace: str | None = None
+    """Namespace of the cluster's Prometheus, let in to scrape the model pods; None: no
+    such rule."""
 
 
 def routes_json(config: dict[str, Any]) -> str:
@@ -87,11 +91,30 @@ def _metadata(r: RouterObjects, name: str = ROUTER_NAME) -> dict[str, Any]:
     return {"name": name, "namespace": r.namespace, "labels": router_labels(r)}
 
 
+def routes_configmap_name(routes: str) -> str:
+    """The routes ConfigMap's name: it carries a hash of the routes, so new routes are a
+    new ConfigMap and the router Deployment that mounts it by name rolls."""
+    return f"{ROUTER_NAME}-routes-{checksum(routes)[:10]}"
+
+
 def routes_configmap(r: RouterObjects) -> dict[str, Any]:
-    return {"metadata": _metadata(r, f"{ROUTER_NAME}-routes"), "data": {CONFIG_FILE: r.routes_json}}
+    """The routes config as an immutable, content-named ConfigMap.
+
+    Immutable: a running router's routes never change under it, and the kubelet does not
+    watch the object. A change of routes is a new object (its name is their hash), which
+    Pulumi creates before the Deployment moves to it and deletes the old one after.
+    """
+    name = routes_configmap_name(r.routes_json)
+    return {"metadata": _metadata(r, name), "immutable": True, "data": {CONFIG_FILE: r.routes_json}}
 
 
-def router_deployment(r: RouterObjects) -> dict[str, Any]:
+def router_deployment(r: RouterObjects, routes_configmap: Text) -> dict[str, Any]:
+    """The router Deployment, mounting the ConfigMap named `routes_configmap`.
+
+    The component passes the ConfigMap resource's own `metadata.name` output, so the
+    Deployment waits for that ConfigMap and rolls whenever the routes, and so the
+    name, change.
+    """
     pod = pod_spec(
         PodParams(
             container="router",
@@ -109,15 +132,17 @@ def router_deployment(r: RouterObjects) -> dict[str, Any]:
                 "--port",
                 str(ROUTER_PORT),
             ],
-            config_maps={"routes": (f"{ROUTER_NAME}-routes", CONFIG_DIR)},
             liveness_path="/healthz",
             image_pull_secrets=r.image_pull_secrets,
         )
     )
-    # The checksum in the pod template rolls the router whenever the routes change.
-    annotations: dict[str, Any] = {CHECKSUM: checksum(r.routes_json)}
+    # Mounted here rather than through PodParams.config_maps, whose names are plain
+    # strings: this name may be an Output still unknown at program time.
+    pod["volumes"].append({"name": ROUTES_VOLUME, "configMap": {"name": routes_configmap}})
+    mount = {"name": ROUTES_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}
+    pod["containers"][0]["volumeMounts"].append(mount)
     match = selector(ROUTER_COMPONENT, ROUTER_NAME)
-    spec = deployment_spec(match, router_labels(r), annotations, pod, r.replicas)
+    spec = deployment_spec(match, router_labels(r), {}, pod, r.replicas)
     return {"metadata": _metadata(r), "spec": spec}
 
 
@@ -162,16 +187,21 @@ def router_url(ingress: IngressConfig) -> str:
 
 
 def models_network_policy(r: RouterObjects) -> dict[str, Any]:
-    """Model pods accept traffic only from router pods, and only on the model port."""
+    """Model pods accept traffic only from router pods, and only on the model port; with
+    `prometheus_namespace` set, also from pods of that namespace, to scrape `/metrics`.
+
+    A NetworkPolicy admits ports, not paths: `/metrics` is served on the model port, so
+    Prometheus's namespace is let in to that port.
+    """
     models = {"app.kubernetes.io/name": MODEL_COMPONENT, "app.kubernetes.io/part-of": PART_OF}
-    spec = {
-        "podSelector": {"matchLabels": models},
-        "policyTypes": ["Ingress"],
-        "ingress": [
-            {
-                "from": [{"podSelector": {"matchLabels": selector(ROUTER_COMPONENT, ROUTER_NAME)}}],
-                "ports": [{"protocol": "TCP", "port": MODEL_PORT}],
-            }
-        ],
-    }
+    router = {"podSelector": {"matchLabels": selector(ROUTER_COMPONENT, ROUTER_NAME)}}
+    rules: list[dict[str, Any]] = [{"from": [router], "ports": _model_port()}]
+    if r.prometheus_namespace:
+        prometheus = {"matchLabels": {NAMESPACE_NAME_LABEL: r.prometheus_namespace}}
+        rules.append({"from": [{"namespaceSelector": prometheus}], "ports": _model_port()})
+    spec = {"podSelector": {"matchLabels": models}, "policyTypes": ["Ingress"], "ingress": rules}
     return {"metadata": _metadata(r, "fleet-models-from-router"), "spec": spec}
+
+
+def _model_port() -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": MODEL_PORT}]

@@ -3,6 +3,13 @@
 `build_routes_config` turns the fleet and its resolved models into the document the
 router reads (format: `fleet.router.config`). A pure function: the Pulumi program puts
 its result in a ConfigMap, `fleet serve` writes it to a file, `fleet routes` prints it.
+
+The config depends on what the fleet is, not on how models.yaml lists it: routes and
+experiments are sorted by path and an experiment's variants by model name, so reordering
+models.yaml gives the same bytes, the same content-named ConfigMap and no router rollout.
+(The router gives variants consecutive ranges of sticky points in the order the config
+lists them, so that order is part of which variant a caller gets: it must not follow the
+order of lines in a file.)
 """
 
 from __future__ import annotations
@@ -40,15 +47,18 @@ def build_routes_config(
             "inputs": [c.to_dict() for c in r.inputs],
             "timeout_s": limits.timeout_s,
         }
-        for r in resolved
+        for r in sorted(resolved, key=lambda r: (r.model.route, r.name))
     ]
     experiments = [
         {
             "path": e.route,
             "sticky_header": e.sticky_header,
-            "variants": [{"model": v.model, "weight": v.weight} for v in e.variants],
+            "variants": [
+                {"model": v.model, "weight": v.weight}
+                for v in sorted(e.variants, key=lambda v: (v.model, v.weight))
+            ],
         }
-        for e in fleet.experiments
+        for e in sorted(fleet.experiments, key=lambda e: e.route)
         if all(v.model in names for v in e.variants)
     ]
     config = {

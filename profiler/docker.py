@@ -6,7 +6,9 @@ port: `--host`/`--port` values in the image's command are rewritten (the command
 otherwise kept as the image has it), and `BENTOML_HOST`/`BENTOML_PORT`/`PORT` are set for
 images that take them from the environment. Memory is read from the container's memory
 cgroup (v1 or v2, `profiler.memory.find_cgroup`). No memory limit is set: the profile
-measures what the model takes, the limit comes from the measurement.
+measures what the model takes, the limit comes from the measurement. An image the engine
+does not have is pulled first, logged in with the backend's registry credentials if any
+(`fleet.host.docker_cli.pull`: a private client config, nothing left behind).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import subprocess
 from collections.abc import Callable
 
+from fleet.errors import BuildError
 from fleet.host import docker_cli
 from fleet.host.images import BuildSettings, build_image
 from fleet.host.processes import free_port
@@ -52,10 +55,14 @@ class DockerBackend:
 
     name = "docker"
 
-    def __init__(self, image: str | ImageFor | None = None) -> None:
+    def __init__(
+        self, image: str | ImageFor | None = None, login: docker_cli.RegistryLogin | None = None
+    ) -> None:
         self.image_for: ImageFor = (
             _fixed_image(image) if isinstance(image, str) else image or built_image()
         )
+        self.login = login
+        """Credentials for pulling the image when the engine does not have it."""
 
     def start(self, resolved: ResolvedModel, registry: Registry | None) -> ContainerServer:
         image = self.image_for(resolved, registry)
@@ -63,10 +70,7 @@ class DockerBackend:
         env = {"BENTOML_HOST": "127.0.0.1", "BENTOML_PORT": str(port), "PORT": str(port)}
         create = ["create", "--network", "host", "--label", LABEL]
         create += [f"--env={k}={v}" for k, v in env.items()]
-        found = _docker("image", "inspect", "-f", "{{json .Config.Cmd}}", image)
-        if found.returncode != 0:
-            raise ProfileGateError(resolved.name, [f"no image {image}: {found.stderr.strip()}"])
-        command = loopback_command(json.loads(found.stdout or "null") or [], port)
+        command = loopback_command(self._image_command(resolved, image), port)
         made = _docker(*create, image, *command)
         if made.returncode != 0:
             raise ProfileGateError(
@@ -88,6 +92,24 @@ class DockerBackend:
             server.stop()
             raise
         return server
+
+    def _image_command(self, resolved: ResolvedModel, image: str) -> list[str]:
+        """The image's command; the image is pulled first when the engine lacks it (a fresh
+        runner profiling an image built and pushed elsewhere)."""
+        if docker_cli.inspect(image) is None:
+            try:
+                docker_cli.pull(image, self.login)
+            except BuildError as exc:
+                problem = " ".join(str(exc).split())[:600]
+                raise ProfileGateError(
+                    resolved.name,
+                    [f"no image {image} in the engine, and pulling it failed: {problem}"],
+                ) from exc
+        found = _docker("image", "inspect", "-f", "{{json .Config.Cmd}}", image)
+        if found.returncode != 0:
+            raise ProfileGateError(resolved.name, [f"no image {image}: {found.stderr.strip()}"])
+        cmd: list[str] = json.loads(found.stdout or "null") or []
+        return cmd
 
 
 class ContainerServer:

@@ -1,5 +1,6 @@
 """Shared fixtures: a real MLflow registry with the demo models, made once per session,
-and one BentoML model store for the session's model servers and builds.
+one BentoML model store for the session's model servers and builds, and the test OCI
+registry (when FLEET_TEST_REGISTRY names one: .ci/run starts it).
 
 Nothing here sets environment variables: the registry and the store are passed to the
 code under test explicitly (`Registry`, `ModelStore`, `BuildSettings(store=...)`).
@@ -19,7 +20,7 @@ from fleet.host.registry import Registry, local_tracking_uri
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from fleet.specfile import load_fleet
-from tests.support import Servers
+from tests.support import OciRegistry, Servers, docker_problem, oci_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,3 +74,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     its end; their logs in a temporary folder."""
     with Servers(tmp_path_factory.mktemp("servers")) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def image_registry() -> OciRegistry:
+    """The test OCI registry with htpasswd auth, and a Docker engine to push to it; the
+    test is skipped, with the reason, when either is missing."""
+    problem = docker_problem()
+    if problem:
+        pytest.skip(problem)
+    found = oci_registry()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found

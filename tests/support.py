@@ -4,17 +4,23 @@ MLflow models logged with explicit URIs.
 
 Nothing here sets environment variables or MLflow's process-wide URIs: a child process
 gets its environment from `Supervisor.start(env=...)`, MLflow is called with explicit
-tracking and registry URIs. Kept light at import (no MLflow, no BentoML): uvicorn child
-processes import this module for `echo_backend`.
+tracking and registry URIs, and MLflow calls that need credentials run in a child process
+whose environment carries them. Kept light at import (no MLflow, no BentoML, no Pulumi):
+uvicorn child processes import this module for `echo_backend`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
+import secrets
+import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.host import docker_cli
+from fleet.host.environment import child_env
 from fleet.host.model_server import server_command
 from fleet.host.model_store import ModelStore
 from fleet.host.processes import Child, Endpoint, Supervisor, free_port, wait_ready
@@ -350,7 +357,7 @@ def register_pyfunc(
     python_model: Any,
     *,
     experiment: str,
-    artifacts: Path,
+    artifacts: Path | None,
     signature: Any = None,
     pip_requirements: Sequence[str] = (),
 ) -> str:
@@ -358,7 +365,8 @@ def register_pyfunc(
     register it as the next version of `name`, all at `uri`; the run id.
 
     Only `MlflowClient(tracking_uri=uri, registry_uri=uri)`: MLflow's process-wide URIs
-    (what `mlflow.start_run` and `log_model` use) are never read or set.
+    (what `mlflow.start_run` and `log_model` use) are never read or set. `artifacts` None:
+    the tracking server's own artifact store (proxied, behind its credentials).
     """
     import mlflow.pyfunc
     from mlflow import MlflowClient
@@ -366,10 +374,11 @@ def register_pyfunc(
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     found = client.get_experiment_by_name(experiment)
+    location = artifacts.as_uri() if artifacts is not None else None
     experiment_id = (
         found.experiment_id
         if found
-        else client.create_experiment(experiment, artifact_location=artifacts.as_uri())
+        else client.create_experiment(experiment, artifact_location=location)
     )
     run = client.create_run(experiment_id, run_name=name)
     run_id = str(run.info.run_id)
@@ -401,3 +410,241 @@ def local_model_dir(uri: str, name: str, alias: str) -> Path:
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"model '{name}@{alias}': {source} is not a local folder")
     return Path(urllib.request.url2pathname(parsed.path))
+
+
+# --- a real image registry (scripts/test-registry.sh, started by .ci/run) ----------------
+
+
+@dataclass(frozen=True)
+class OciRegistry:
+    """The tests' OCI registry: Debian's docker-registry with htpasswd auth."""
+
+    server: str
+    """`host:port`, plain HTTP on loopback (Docker allows that for 127.0.0.0/8)."""
+    username: str
+    password: str = field(repr=False)
+
+    def login(self, password: str | None = None) -> docker_cli.RegistryLogin:
+        """Its credentials (with another `password`, to be refused)."""
+        return docker_cli.RegistryLogin(self.server, self.username, password or self.password)
+
+    def get(self, path: str, accept: str = "") -> tuple[int, dict[str, str], bytes]:
+        """`GET http://<server><path>` with the credentials: status, headers, body."""
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}"}
+        if accept:
+            headers["Accept"] = accept
+        request = urllib.request.Request(f"http://{self.server}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, dict(answer.headers), answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+def oci_registry() -> OciRegistry | str:
+    """The registry named by FLEET_TEST_REGISTRY (and _USER, _PASSWORD), or why there is
+    none to use: not configured, or not answering with those credentials."""
+    server = os.environ.get("FLEET_TEST_REGISTRY")
+    if not server:
+        return (
+            "no test registry: set FLEET_TEST_REGISTRY, FLEET_TEST_REGISTRY_USER and "
+            "FLEET_TEST_REGISTRY_PASSWORD (scripts/test-registry.sh starts one; .ci/run does)"
+        )
+    found = OciRegistry(
+        server,
+        os.environ.get("FLEET_TEST_REGISTRY_USER", ""),
+        os.environ.get("FLEET_TEST_REGISTRY_PASSWORD", ""),
+    )
+    try:
+        status, _, _ = found.get("/v2/")
+    except OSError as exc:
+        return f"the test registry {server} does not answer: {exc}"
+    if status != 200:
+        return f"the test registry {server} answers GET /v2/ with HTTP {status} to our login"
+    return found
+
+
+# --- an MLflow tracking server that requires credentials ---------------------------------
+
+
+@dataclass(frozen=True)
+class AuthMlflow:
+    """`mlflow server --app-name basic-auth` on loopback, and its admin's login."""
+
+    url: str
+    admin: str
+    admin_password: str = field(repr=False)
+
+    def registry(self, username: str | None = None, password: str | None = None) -> Registry:
+        """The server read as `username` (default: the admin)."""
+        if username is None:
+            username, password = self.admin, self.admin_password
+        return Registry(self.url, username=username, password=password)
+
+    def add_user(self, username: str, password: str) -> None:
+        """A user with the server's default permission (READ), made by the admin."""
+        import httpx
+
+        answer = httpx.post(
+            f"{self.url}/api/2.0/mlflow/users/create",
+            json={"username": username, "password": password},
+            auth=(self.admin, self.admin_password),
+            timeout=30,
+        )
+        answer.raise_for_status()
+
+
+def start_auth_mlflow(servers: Servers, home: Path, timeout_s: float = 180) -> AuthMlflow:
+    """An MLflow tracking server under `home` that requires basic auth for every call,
+    artifacts included (served by the server itself: `mlflow-artifacts:/`).
+
+    MLflow ships no admin password: the auth app creates the admin from its config on
+    first start (`mlflow/server/auth/basic_auth.ini`). Flask-WTF must be installed (the
+    `mlflow[auth]` extra, in the dev group)."""
+    home.mkdir(parents=True, exist_ok=True)
+    admin, password = "admin", "admin-" + secrets.token_hex(8)
+    config = home / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{home / 'auth.db'}\n"
+        f"admin_username = {admin}\n"
+        f"admin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    port = free_port()
+    argv = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"]
+    argv += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
+    argv += ["--artifacts-destination", str(home / "artifacts")]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+    served = servers.process("mlflow-basic-auth", argv, port, env).launch()
+    assert served.child is not None
+    for child, why in wait_ready([served.child], timeout_s, path="/health"):
+        log = child.log_tail(30)
+        served.stop()
+        raise RuntimeError(f"the MLflow server never got ready: {why}; its log:\n{log}")
+    return AuthMlflow(served.url, admin, password)
+
+
+_REGISTER = """
+import json, sys
+import mlflow.pyfunc, numpy as np, pandas as pd
+from mlflow.models import infer_signature
+from tests.support import register_pyfunc
+
+class Scaled(mlflow.pyfunc.PythonModel):
+    # Defined in __main__, so it travels inside the model by value.
+    def __init__(self, factor):
+        self.factor = factor
+
+    def predict(self, context, model_input, params=None):
+        return model_input["x"].to_numpy(dtype="float64") * self.factor
+
+uri = sys.argv[1]
+x = pd.DataFrame({"x": [0.5, 1.5, 2.5]})
+for i, name in enumerate(json.loads(sys.argv[2])):
+    model = Scaled(float(i + 1))
+    signature = infer_signature(x, model.predict(None, x))
+    register_pyfunc(uri, name, model, experiment="fleet-tests", artifacts=None,
+                    signature=signature)
+    print("registered", name, flush=True)
+"""
+
+
+def register_small_models(registry: Registry, names: Sequence[str]) -> None:
+    """Register one version of a tiny pyfunc model (`x` -> `x * factor`) under each of
+    `names` at `registry`, from a child process whose environment carries its URI and
+    credentials (MLflow reads basic-auth credentials from the environment only)."""
+    argv = [sys.executable, "-c", _REGISTER, registry.uri, json.dumps(list(names))]
+    proc = subprocess.run(
+        argv, env=child_env(registry.env()), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"registering {list(names)} failed:\n{proc.stderr[-3000:]}")
+
+
+# --- a dynamic provider as the Pulumi engine runs it ---------------------------------------
+
+PROVIDER_URN = "urn:pulumi:test::model-fleet::pulumi-python:dynamic:Resource::x"
+
+
+def secret(value: str) -> dict[str, str]:
+    """`value` as a secret travels on Pulumi's wire."""
+    from pulumi.runtime import rpc
+
+    return {rpc._special_sig_key: rpc._special_secret_sig, "value": value}
+
+
+def to_wire(props: dict[str, Any]) -> Any:
+    """`props` serialized by Pulumi's own rpc module, as the engine sends them (a Struct).
+
+    On a loop of its own: `asyncio.run` would leave the thread without an event loop."""
+    from pulumi.runtime import rpc
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(rpc.serialize_properties(props, {}))
+    finally:
+        loop.close()
+
+
+def from_wire(struct: Any) -> dict[str, Any]:
+    """A Struct from the provider, deserialized by Pulumi's rpc module."""
+    from pulumi.runtime import rpc
+
+    return dict(rpc.deserialize_properties(struct))
+
+
+@contextlib.contextmanager
+def dynamic_provider(cwd: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """`python -m pulumi.dynamic` (the process the engine starts for dynamic providers;
+    it serves calls on 4 threads) in `cwd` with `env` added, and a gRPC stub to call it.
+
+    The project is on its PYTHONPATH (providers are pickled by reference). Its stderr
+    goes to `log`."""
+    import grpc
+    from pulumi.runtime.proto import provider_pb2_grpc
+
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulumi.dynamic"],
+            cwd=cwd,
+            env=child_env({**(env or {}), "PYTHONPATH": path}),
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"the provider did not start: {log.read_text()}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{int(line)}")
+    try:
+        yield provider_pb2_grpc.ResourceProviderStub(channel)
+    finally:
+        channel.close()
+        proc.kill()
+        proc.wait()
+
+
+def provider_create(
+    stub: Any, props: dict[str, Any], impl: Any, timeout_s: float
+) -> tuple[str, dict[str, Any]]:
+    """`Create` over gRPC with `props` and the pickled provider `impl`; (id, outputs)."""
+    from pulumi.dynamic.dynamic import serialize_provider
+    from pulumi.runtime import proto
+
+    request = proto.CreateRequest(
+        urn=PROVIDER_URN,
+        properties=to_wire({**props, "__provider": serialize_provider(impl)}),
+        timeout=timeout_s,
+    )
+    answer = stub.Create(request, timeout=timeout_s)
+    return str(answer.id), from_wire(answer.properties)

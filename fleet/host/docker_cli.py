@@ -4,15 +4,18 @@
 on PATH. A push with credentials logs in into a private, temporary client config
 (`docker --config DIR`), so the password is never left in `~/.docker/config.json` for
 later jobs on a shared runner, and two pushes with different credentials on two threads
-do not see each other's login.
+do not see each other's login. A pull with credentials (the profile step on a fresh
+runner) logs in the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -79,31 +82,53 @@ def inspect(ref: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+@contextlib.contextmanager
+def _client_config(login: RegistryLogin | None) -> Iterator[Path | None]:
+    """A private client config logged in with `login` while the block runs, then removed.
+
+    None without a login: the call uses the user's own client config (a runner that ran
+    `docker login` itself, or a credential helper).
+    """
+    if login is None:
+        yield None
+        return
+    config = Path(tempfile.mkdtemp(prefix="fleet-docker-config-"))
+    try:
+        proc = run(
+            "login",
+            login.server,
+            "--username",
+            login.username,
+            "--password-stdin",
+            input=login.password.encode(),
+            config=config,
+        )
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-1000:]
+            raise BuildError(f"docker login {login.server} as {login.username} failed: {err}")
+        yield config
+    finally:
+        shutil.rmtree(config, ignore_errors=True)
+
+
 def push(ref: str, login: RegistryLogin | None = None) -> str:
     """Push `ref` (logged in with `login` if given); returns its `name@sha256:...` digest."""
-    if login is None:
-        check("push", ref)
-    else:
-        config = Path(tempfile.mkdtemp(prefix="fleet-docker-config-"))
-        try:
-            proc = run(
-                "login",
-                login.server,
-                "--username",
-                login.username,
-                "--password-stdin",
-                input=login.password.encode(),
-                config=config,
-            )
-            if proc.returncode != 0:
-                err = proc.stderr.decode(errors="replace")[-1000:]
-                raise BuildError(f"docker login {login.server} as {login.username} failed: {err}")
-            check("push", ref, config=config)
-        finally:
-            shutil.rmtree(config, ignore_errors=True)
+    with _client_config(login) as config:
+        check("push", ref, config=config)
     info = inspect(ref) or {}
     name = ref.rsplit(":", 1)[0]
     digests = [d for d in info.get("RepoDigests", []) if d.startswith(name + "@")]
     if not digests:
         raise BuildError(f"docker push {ref}: the engine reports no repository digest")
     return str(digests[0])
+
+
+def pull(ref: str, login: RegistryLogin | None = None) -> dict[str, Any]:
+    """Pull `ref` (`name:tag` or `name@sha256:...`), logged in with `login` if given, into
+    the engine; its `docker image inspect`. BuildError naming the ref when it fails."""
+    with _client_config(login) as config:
+        check("pull", "--quiet", ref, config=config)
+    info = inspect(ref)
+    if info is None:
+        raise BuildError(f"docker pull {ref}: pulled, but the engine has no such image")
+    return info

@@ -55,6 +55,7 @@ class ModelStore:
             "metadata": {"model_uri": resolved.model_uri, "run_id": resolved.run_id},
         }
         try:
+            registry.check_access()
             registry.call("import-model", request, extra_env=self.env())
         except FleetError as exc:
             raise BuildError(

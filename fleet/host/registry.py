@@ -105,7 +105,7 @@ class Registry:
                 f"no MLflow registry at {self.uri} ({missing} does not exist): make one with "
                 "`fleet demo-registry`, or point --tracking-uri / MLFLOW_TRACKING_URI at yours"
             )
-        self._probe()
+        self.check_access()
         answer = self.call("resolve", {"models": [m.model_dump(mode="json") for m in models]})
         if answer["problems"]:
             raise ResolutionError(answer["problems"])
@@ -152,8 +152,10 @@ class Registry:
             raise ResolutionError(f"MLflow access at {self.uri} failed ({command}):\n{tail}")
         return answer
 
-    def _probe(self) -> None:
-        """ResolutionError when a remote registry cannot be reached or refuses us."""
+    def check_access(self) -> None:
+        """ResolutionError when a remote registry cannot be reached or refuses our
+        credentials; one short call, so the problem is said plainly (MLflow itself retries
+        for minutes, and BentoML's import hides its error). Nothing for a local registry."""
         if not self.uri.startswith(("http://", "https://")):
             return
         url = self.uri.rstrip("/") + "/api/2.0/mlflow/registered-models/search"

@@ -6,10 +6,12 @@ import hashlib
 import json
 from typing import Any
 
+from pulumi.output import Unknown
+
 from components.manifests import MODEL_PORT
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
-from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture, fake_memory
+from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture
 from tests.graph.k8s_schema import schema_errors
 from tests.graph.pss import pod_spec_of, violations
 
@@ -46,41 +48,58 @@ def check_model_children(cap: Capture, resolved: list[ResolvedModel]) -> None:
 
 
 def check_memory_from_profile(cap: Capture, resolved: list[ResolvedModel]) -> None:
+    """Each Deployment runs the image its image resource returned, with the memory its
+    profile returned (or `memory.fixed_mib`), and is annotated with where it came from.
+
+    The returned image and memory are the mock's stand-ins (no image was built, nothing
+    measured): only that the program carries them to the right Deployment is checked.
+    """
     for r in resolved:
         k = r.model.k8s_name
-        image = cap.named(f"{k}-image").outputs
+        image = cap.named(f"{k}-image")
         dep = cap.named(f"{k}-deployment").k8s_object()
         container = dep["spec"]["template"]["spec"]["containers"][0]
         fixed = r.model.settings.memory.fixed_mib
         if fixed is None:
             profile = cap.named(f"{k}-profile")
-            # The profile ran on exactly the image that is deployed.
-            assert profile.inputs["image"] == image["image"]
-            assert profile.inputs["content_hash"] == image["content_hash"]
-            want = fake_memory(image["content_hash"])
-            assert (profile.outputs["request_mib"], profile.outputs["limit_mib"]) == want
+            # The profile runs on exactly the image that is deployed (wiring).
+            assert profile.inputs["image"] == image.outputs["image"]
+            assert profile.inputs["content_hash"] == image.inputs["content_hash"]
+            # STAND-IN numbers: whatever the profile returned, this Deployment gets them.
+            want = (profile.outputs["request_mib"], profile.outputs["limit_mib"])
         else:
-            want = (fixed, fixed)
+            want = (fixed, fixed)  # program-derived: models.yaml
         res = container["resources"]
         assert res["requests"]["memory"] == f"{want[0]}Mi", r.name
         assert res["limits"]["memory"] == f"{want[1]}Mi", r.name
         assert res["requests"]["cpu"] == r.model.settings.cpu
-        assert container["image"] == image["image"] and "@sha256:" in container["image"]
+        # STAND-IN reference: whatever the image resource returned is what runs.
+        assert container["image"] == image.outputs["image"], r.name
         notes = dep["spec"]["template"]["metadata"]["annotations"]
         assert notes["fleet.model-fleet.io/model-name"] == r.name
         assert notes["fleet.model-fleet.io/model-version"] == str(r.version)
         assert notes["fleet.model-fleet.io/run-id"] == r.run_id
-        assert notes["fleet.model-fleet.io/content-hash"] == image["content_hash"]
+        # The hash the program computed at program time (the image resource's input).
+        assert notes["fleet.model-fleet.io/content-hash"] == image.inputs["content_hash"]
+    # The stand-ins differ between images, so the checks above would see a mix-up.
+    profiled = [r for r in resolved if r.model.settings.memory.fixed_mib is None]
+    requests = {cap.named(f"{r.model.k8s_name}-profile").outputs["request_mib"] for r in profiled}
+    assert len(profiled) < 4 or len(requests) > 1
 
 
 def routes_config(cap: Capture) -> dict[str, Any]:
+    """The routes config in the routes ConfigMap, after checking that the ConfigMap is
+    immutable and named by its content, and that the router Deployment mounts it."""
     cm = cap.named("router-routes").k8s_object()
-    config: dict[str, Any] = json.loads(cm["data"]["routes.json"])
+    text = cm["data"]["routes.json"]
+    assert cm["immutable"] is True
+    assert cm["metadata"]["name"] == (
+        "fleet-router-routes-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    )
     dep = cap.named("router-deployment").k8s_object()
-    checksum = dep["spec"]["template"]["metadata"]["annotations"][
-        "fleet.model-fleet.io/routes-checksum"
-    ]
-    assert checksum == hashlib.sha256(cm["data"]["routes.json"].encode()).hexdigest()
+    volumes = dep["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "routes", "configMap": {"name": cm["metadata"]["name"]}} in volumes
+    config: dict[str, Any] = json.loads(text)
     return config
 
 
@@ -98,13 +117,17 @@ def check_router_config(
             f"http://{r.model.k8s_name}.{namespace}.svc.cluster.local:{MODEL_PORT}"
         )
         assert route["inputs"] == [c.to_dict() for c in r.inputs]
+    assert [r["path"] for r in config["routes"]] == sorted(r.model.route for r in resolved)
     want = [
         {
             "path": e.route,
             "sticky_header": e.sticky_header,
-            "variants": [{"model": v.model, "weight": v.weight} for v in e.variants],
+            "variants": sorted(
+                ({"model": v.model, "weight": v.weight} for v in e.variants),
+                key=lambda v: str(v["model"]),
+            ),
         }
-        for e in fleet.experiments
+        for e in sorted(fleet.experiments, key=lambda e: e.route)
     ]
     assert config["experiments"] == want
 
@@ -120,3 +143,89 @@ def check_objects(cap: Capture) -> int:
             bad = violations(pod)
             assert not bad, f"{obj['kind']}/{obj['metadata']['name']}: {bad}"
     return len(objects)
+
+
+def check_dependencies(cap: Capture, resolved: list[ResolvedModel]) -> None:
+    """The order the engine follows: namespace, then its pull Secret; per model, image,
+    then profile, then Deployment; the routes and the router Deployment after every
+    model; the router image after the platform only."""
+    namespace = cap.named("platform-namespace")
+    secrets = [r for r in cap.resources.values() if r.name == "platform-pull-secret"]
+    for secret in secrets:  # it names the Namespace's own output
+        assert namespace.urn in secret.property_dependencies["metadata"]
+    routes, router = cap.named("router-routes"), cap.named("router-deployment")
+    # The Deployment mounts the ConfigMap by that resource's output (its name).
+    assert routes.urn in router.property_dependencies["spec"]
+    services = {s.urn for s in cap.of_type(SERVICE_TYPE)}
+    of_models = {r.urn for r in cap.resources.values() if r.parent in services}
+    for r in resolved:
+        k = r.model.k8s_name
+        image, dep = cap.named(f"{k}-image"), cap.named(f"{k}-deployment")
+        service = cap.named(f"{k}-service")
+        if r.model.settings.memory.fixed_mib is None:
+            profile = cap.named(f"{k}-profile")
+            assert image.urn in profile.property_dependencies["image"], r.name
+            assert profile.urn in dep.property_dependencies["spec"], r.name
+        assert image.urn in dep.property_dependencies["spec"], r.name
+        for later in (routes, router):
+            waits = cap.waits_for(later)
+            assert dep.urn in waits and service.urn in waits, (later.name, r.name)
+        # A model waits for the platform, and for nothing of the router or other models.
+        own = {c.urn for c in cap.children(cap.named(k))}
+        waits = cap.waits_for(dep)
+        assert namespace.urn in waits and not waits & {routes.urn, router.urn}, r.name
+        assert not (waits & of_models) - own, r.name
+    for built in [r for r in cap.resources.values() if r.name == "router-image"]:
+        # The router image builds alongside the models, not after them.
+        waits = cap.waits_for(built)
+        assert namespace.urn in waits, waits
+        assert not waits & of_models, sorted(waits & of_models)[:3]
+
+
+def unknown_paths(value: Any, path: str = "") -> list[str]:
+    """Where `value` (inputs as the engine got them) holds a preview-time unknown."""
+    if isinstance(value, Unknown):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in unknown_paths(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in unknown_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def matches(preview: Any, up: Any) -> bool:
+    """Whether a preview's value is the `up`'s one, an unknown standing for anything."""
+    if isinstance(preview, Unknown):
+        return True
+    if isinstance(preview, dict) and isinstance(up, dict):
+        return preview.keys() == up.keys() and all(matches(preview[k], up[k]) for k in up)
+    if isinstance(preview, list) and isinstance(up, list):
+        return len(preview) == len(up) and all(map(matches, preview, up))
+    return bool(preview == up)
+
+
+def check_preview_graph(preview: Capture, up: Capture, resolved: list[ResolvedModel]) -> None:
+    """A preview registers the same resources, parents and dependencies as an `up`, with
+    the same inputs except where a provider has not run yet: those are unknown, never
+    made up by the program."""
+    assert preview.resources.keys() == up.resources.keys()
+    for urn, p in preview.resources.items():
+        u = up.resources[urn]
+        assert (p.parent, p.dependencies) == (u.parent, u.dependencies), p.name
+        assert p.property_dependencies == u.property_dependencies, p.name
+        assert matches(p.inputs, u.inputs), p.name
+    container = ".spec.template.spec.containers[0]"
+    for r in resolved:
+        dep = preview.named(f"{r.model.k8s_name}-deployment")
+        want = [f"{container}.image"]
+        if r.model.settings.memory.fixed_mib is None:
+            want += [f"{container}.resources.requests.memory"]
+            want += [f"{container}.resources.limits.memory"]
+        assert sorted(unknown_paths(dep.inputs)) == sorted(want), r.name
+    # The routes are the program's own work: known, and what `up` writes.
+    for name in ("router-routes", "router-service", "router-models-policy"):
+        assert unknown_paths(preview.named(name).inputs) == [], name
+        assert preview.named(name).inputs == up.named(name).inputs, name
+    router = unknown_paths(preview.named("router-deployment").inputs)
+    built = any(r.name == "router-image" for r in preview.resources.values())
+    assert router == ([f"{container}.image"] if built else [])

@@ -1,9 +1,17 @@
 """Run the Pulumi program under Pulumi's mocks and capture every registered resource.
 
-Only the Pulumi engine is mocked. For our two dynamic resources the mock answers what
-the engine would get back from the provider: outputs computed from the inputs (an image
-digest from the content hash, memory numbers from the content hash), so tests can check
-that the Deployment takes exactly those numbers.
+Only the Pulumi engine is mocked. The harness records, per resource, what the program
+sent the engine: inputs, parent, and dependencies (explicit `depends_on` and those carried
+by outputs, per input property), so tests can check the order the engine would follow.
+
+In an `up` (`preview=False`), the mock answers for our dynamic resources what their
+providers would return after building, pushing and measuring. Those answers are
+stand-ins (`stand_in_digest`, `stand_in_memory`): deterministic in the content hash, as
+the stack's state keeps them for an unchanged image, but made up. Tests may follow a
+stand-in through the graph (the Deployment runs the image the image resource returned,
+with the memory the profile returned) and never assert the stand-in as a result.
+In a preview (`preview=True`) the mock answers what the engine has before any provider
+ran: the inputs, so every provider-computed output is unknown.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from components.config import IngressConfig, RegistryAuth, RouterConfig, StackCo
 IMAGE_TYPE = "pulumi-python:dynamic/fleet:ModelImage"
 PROFILE_TYPE = "pulumi-python:dynamic/fleet:MemoryProfile"
 ROUTER_IMAGE_TYPE = "pulumi-python:dynamic/fleet:RouterImage"
-SECRET_INPUTS = ("registry_password", "mlflow_token")
+SECRET_INPUTS = ("registry_password", "mlflow_token", "mlflow_password")
 PRODUCTION_NAMESPACE = "fleet"
 """The namespace of `stack_config()`."""
 
@@ -51,12 +59,14 @@ def stack_config() -> StackConfig:
     )
 
 
-def fake_digest(content_hash: str) -> str:
+def stand_in_digest(content_hash: str) -> str:
+    """STAND-IN: the digest the mock returns for a push (no image was built)."""
     return "sha256:" + hashlib.sha256(content_hash.encode()).hexdigest()
 
 
-def fake_memory(content_hash: str) -> tuple[int, int]:
-    """(request, limit) MiB the mocked profile reports for an image."""
+def stand_in_memory(content_hash: str) -> tuple[int, int]:
+    """STAND-IN: (request, limit) MiB the mock returns for a profile (nothing was
+    measured); different per image, so a test can tell which profile a Deployment got."""
     request = 300 + int(content_hash[:4], 16) % 300
     return request, request + 64 + int(content_hash[4:6], 16)
 
@@ -71,6 +81,11 @@ class Registered:
     inputs: dict[str, Any]
     outputs: dict[str, Any]
     parent: str
+    dependencies: frozenset[str] = frozenset()
+    """URNs the engine waits for before this resource: explicit `depends_on` (a component
+    stands for its descendants) and those carried by output-valued inputs."""
+    property_dependencies: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Per input property, the URNs its value came from (outputs of those resources)."""
 
     def k8s_object(self) -> dict[str, Any]:
         """The Kubernetes object as it would be sent to the API server."""
@@ -105,23 +120,28 @@ def plain(value: Any) -> Any:
 
 
 class FleetMocks(pulumi.runtime.Mocks):
-    """The engine: returns inputs as outputs, plus what our providers would add."""
+    """The engine: returns inputs as outputs; in an `up`, plus stand-ins for what our
+    providers would add (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preview: bool = False) -> None:
+        self.preview = preview
         self.inputs: dict[tuple[str, str], dict[str, Any]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.inputs[(args.typ, args.name)] = dict(args.inputs)
         outs = dict(args.inputs)
+        if self.preview or args.typ not in (IMAGE_TYPE, ROUTER_IMAGE_TYPE, PROFILE_TYPE):
+            # A preview runs no provider: what a provider computes stays unknown.
+            return f"{args.name}-id", outs
+        outs = {k: v for k, v in outs.items() if k not in SECRET_INPUTS}
         if args.typ in (IMAGE_TYPE, ROUTER_IMAGE_TYPE):
-            outs = {k: v for k, v in outs.items() if k not in SECRET_INPUTS}
-            digest = fake_digest(outs["content_hash"])
+            digest = stand_in_digest(outs["content_hash"])
             repo = outs["image_ref"].rsplit(":", 1)[0]
             outs.update(digest=digest, image=f"{repo}@{digest}", image_id=digest, built=True)
-        elif args.typ == PROFILE_TYPE:
-            request, limit = fake_memory(outs["content_hash"])
+        else:
+            request, limit = stand_in_memory(outs["content_hash"])
             outs.update(request_mib=request, limit_mib=limit, peak_mib=float(request))
-            outs.update(idle_mib=request / 2, p95_mib=float(request), summary="mocked")
+            outs.update(idle_mib=request / 2, p95_mib=float(request), summary="stand-in")
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
@@ -129,15 +149,22 @@ class FleetMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(MockMonitor):
-    """The mock monitor, also remembering each resource's parent URN."""
+    """The mock monitor, also remembering each resource's parent URN and dependencies as
+    the SDK sent them in its RegisterResource request."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
         self.parents: dict[str, str] = {}
+        self.dependencies: dict[str, frozenset[str]] = {}
+        self.property_dependencies: dict[str, dict[str, frozenset[str]]] = {}
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         self.parents[response.urn] = request.parent
+        self.dependencies[response.urn] = frozenset(request.dependencies)
+        self.property_dependencies[response.urn] = {
+            key: frozenset(deps.urns) for key, deps in request.propertyDependencies.items()
+        }
         return response
 
 
@@ -159,6 +186,30 @@ class Capture:
     def children(self, parent: Registered) -> list[Registered]:
         return [r for r in self.resources.values() if r.parent == parent.urn]
 
+    def waits_for(self, res: Registered) -> set[str]:
+        """URNs of every resource the engine finishes before it starts `res`.
+
+        A resource waits for its dependencies and for its parent; a parent (a component)
+        is registered only once its own dependencies are done. So this is everything
+        reachable from `res` over dependency and parent edges.
+        """
+        seen: set[str] = set()
+        todo = [res.urn]
+        while todo:
+            urn = todo.pop()
+            node = self.resources.get(urn)
+            if node is None:  # the stack itself
+                continue
+            for nxt in (*node.dependencies, node.parent):
+                if nxt and nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def after(self, later: str, earlier: str) -> bool:
+        """Whether the resource named `later` waits for the one named `earlier`."""
+        return self.named(earlier).urn in self.waits_for(self.named(later))
+
     def k8s(self) -> list[Registered]:
         return [
             r
@@ -173,12 +224,17 @@ def run_program(
     stack: str = "staging",
     config: dict[str, str] | None = None,
     secret_keys: list[str] | None = None,
+    preview: bool = False,
 ) -> Capture:
-    """Run `body` (which creates resources) under mocks; return what it registered."""
-    mocks = FleetMocks()
+    """Run `body` (which creates resources) under mocks; return what it registered.
+
+    `preview=True` runs it as `pulumi preview` does: outputs no provider has computed yet
+    (image digests, measured memory) are unknown.
+    """
+    mocks = FleetMocks(preview)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(
-        mocks, project="model-fleet", stack=stack, preview=False, monitor=monitor
+        mocks, project="model-fleet", stack=stack, preview=preview, monitor=monitor
     )
     pulumi.runtime.set_all_config(config or {}, secret_keys or [])
     capture = Capture()
@@ -195,7 +251,14 @@ def run_program(
         given = mocks.inputs.get((typ, name), {})
         inputs = {k: v for k, v in given.items() if k != "__provider"}
         capture.resources[urn] = Registered(
-            urn, typ, name, inputs, reg.state, monitor.parents.get(urn, "")
+            urn,
+            typ,
+            name,
+            inputs,
+            reg.state,
+            monitor.parents.get(urn, ""),
+            monitor.dependencies.get(urn, frozenset()),
+            monitor.property_dependencies.get(urn, {}),
         )
     return capture
 

@@ -11,16 +11,17 @@ import pulumi
 import pytest
 
 from tests.graph import checks
-from tests.graph.harness import IMAGE_TYPE, Capture, is_secret, run_program
+from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture, is_secret, run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-registry-password"
 TOKEN = "s3cret-mlflow-token"
 NAMESPACE = "fleet-staging"
+PROMETHEUS = "monitoring"
 
 
-@pytest.fixture(scope="module")
-def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
+def run_main(demo_uri: str, preview: bool) -> tuple[Capture, dict[str, Any]]:
+    """`__main__.py` under mocks, as `pulumi up` (or `pulumi preview`) on staging."""
     config = {
         "fleet:namespace": NAMESPACE,
         "fleet:alias": "challenger",
@@ -32,6 +33,7 @@ def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
         "fleet:mlflowToken": TOKEN,
         "fleet:router": json.dumps({"replicas": 2}),  # no image: the program builds it
         "fleet:ingress": json.dumps({"host": "models.example.com", "tlsSecret": "models-tls"}),
+        "fleet:prometheusNamespace": PROMETHEUS,
     }
     secret = ["fleet:registryPassword", "fleet:mlflowToken"]
     exports: dict[str, Any] = {}
@@ -43,10 +45,21 @@ def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
             stack="staging",
             config=config,
             secret_keys=secret,
+            preview=preview,
         )
     finally:
         pulumi.export = real_export
     return cap, {**cap.result, "exports": exports}
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
+    return run_main(demo_uri, preview=False)
+
+
+@pytest.fixture(scope="module")
+def demo_preview(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
+    return run_main(demo_uri, preview=True)
 
 
 def test_every_demo_model_has_exactly_its_children(demo_run):
@@ -103,7 +116,11 @@ def test_secrets_stay_secret(demo_run):
     for image in cap.of_type(IMAGE_TYPE):
         assert is_secret(image.inputs["registry_password"])
         assert is_secret(image.inputs["mlflow_token"])
-        assert PASSWORD not in json.dumps(image.outputs, default=str)
+    # The profile pulls with the same credentials, as secret as the push's.
+    profiles = cap.of_type(PROFILE_TYPE)
+    assert profiles and all(is_secret(p.inputs["registry_password"]) for p in profiles)
+    # (What a provider returns is the provider's: test_dynamic_providers checks it holds
+    # no secret; here the outputs would be the mock's own.)
 
 
 def test_namespace_enforces_restricted(demo_run):
@@ -131,6 +148,33 @@ def test_router_runs_the_image_it_built(demo_run):
     assert built.inputs["image_ref"].startswith("registry.example.com/model-fleet/fleet-router:")
     dep = cap.named("router-deployment").k8s_object()
     (container,) = dep["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == built.outputs["image"] and "@sha256:" in container["image"]
+    # STAND-IN reference from the mock: whatever the image resource returned runs.
+    assert container["image"] == built.outputs["image"]
+    assert built.urn in cap.named("router-deployment").property_dependencies["spec"]
     version = dep["metadata"]["labels"]["app.kubernetes.io/version"]
     assert built.inputs["content_hash"].startswith(version)
+
+
+def test_rollout_order(demo_run):
+    cap, program = demo_run
+    checks.check_dependencies(cap, program["models"])
+
+
+def test_prometheus_may_scrape_the_models(demo_run):
+    cap, _ = demo_run
+    policy = cap.named("router-models-policy").k8s_object()
+    rules = policy["spec"]["ingress"]
+    scrape = {"kubernetes.io/metadata.name": PROMETHEUS}
+    assert {
+        "from": [{"namespaceSelector": {"matchLabels": scrape}}],
+        "ports": rules[0]["ports"],
+    } in (rules)
+
+
+def test_a_preview_builds_the_same_graph(demo_preview, demo_run):
+    preview, program = demo_preview
+    up, _ = demo_run
+    checks.check_preview_graph(preview, up, program["models"])
+    checks.check_dependencies(preview, program["models"])
+    # The routes (and the router's rollout) are known before any image is built.
+    assert checks.routes_config(preview) == checks.routes_config(up)

@@ -18,7 +18,9 @@ import dill
 import httpx
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime import rpc
 
+import components.image
 from components.image import ModelImageArgs as ImageArgs
 from components.image import (
     ModelImageProvider,
@@ -36,7 +38,7 @@ from components.profile import (
 from components.router_image import RouterImageArgs, RouterImageProvider, router_image_inputs
 from components.router_manifests import CONFIG_DIR
 from fleet.host import docker_cli
-from fleet.host.images import UID, BuildSettings, content_hash, image_ref
+from fleet.host.images import UID, BuildSettings, ImageResult, content_hash, image_ref
 from fleet.host.processes import Endpoint, free_port, wait_ready
 from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
@@ -182,6 +184,33 @@ def test_policy_only_update_follows_the_policy(small, change):
     assert (outs["request_mib"], outs["limit_mib"]) == (want.request_mib, want.limit_mib)
     assert (outs["idle_mib"], outs["p95_mib"], outs["peak_mib"]) == (300.0, 365.0, 400.0)
     assert outs["summary"] == "earlier run" and outs["memory"] == policy
+
+
+def test_provider_outputs_hold_no_secret(small, monkeypatch):
+    """What the engine stores as outputs (in plain JSON in the state) carries neither the
+    registry password nor the MLflow token; the build and push are stood in for."""
+    r = small[1][0]
+    secret = {rpc._special_sig_key: rpc._special_secret_sig}  # wrapped, as on the wire
+    password, token = {**secret, "value": "s3cret-pw"}, {**secret, "value": "s3cret-token"}
+    props = _image_props(r, registry_server="r.example", registry_username="ci")
+    props.update(registry_password=password, mlflow_token=token, push=True)
+    chash = props["content_hash"]
+    stand_in = ImageResult(props["image_ref"], "sha256:" + "4" * 64, chash, built=True)
+    pushed: list[object] = []
+    monkeypatch.setattr(components.image, "build_image", lambda *_a: stand_in)
+    monkeypatch.setattr(
+        components.image.docker_cli,
+        "push",
+        lambda ref, login=None: pushed.append(login) or "sha256:" + "5" * 64,
+    )
+    outs = ModelImageProvider().create(props).outs
+    assert pushed and pushed[0] is not None  # the push did get the credentials
+    assert "s3cret" not in json.dumps(outs)
+    state, news = _profile_state(r, registry_username="ci", registry_password=password)
+    policy = dict(r.model.settings.memory.model_dump(mode="json"), limit_factor=2.0)
+    news["memory"] = policy
+    outs = MemoryProfileProvider().update("id", state, news).outs  # re-derived, no run
+    assert "s3cret" not in json.dumps(outs)
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,10 @@ def test_objects_validate_and_meet_restricted_pss(run200):
     assert checks.check_objects(run200) >= SIZE * 2
 
 
+def test_rollout_order(run200, fleet200):
+    checks.check_dependencies(run200, fleet200[1])
+
+
 def test_hpa_owns_the_replica_count(run200, fleet200):
     for r in fleet200[1]:
         dep = run200.named(f"{r.model.k8s_name}-deployment").k8s_object()
@@ -88,6 +92,12 @@ def test_one_new_version_changes_only_that_model_and_the_router_config(
     assert old["content_hash"] != new["content_hash"]
     version = {r["model"]: r["version"] for r in checks.routes_config(run200_changed)["routes"]}
     assert version[fleet200[1][CHANGED].name] == fleet200[1][CHANGED].version + 1
+    # New routes are a new, content-named ConfigMap, and the router rolls onto it.
+    names = [
+        run.named("router-routes").inputs["metadata"]["name"] for run in (run200, run200_changed)
+    ]
+    assert names[0] != names[1]
+    assert "router-deployment" in changed
 
 
 def _changed(a: Capture, b: Capture) -> set[str]:

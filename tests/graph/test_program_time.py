@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pulumi
 import pytest
 
 import components.image
@@ -20,8 +19,7 @@ from tests.graph.harness import (
     IMAGE_TYPE,
     PROFILE_TYPE,
     ROUTER_IMAGE_TYPE,
-    FleetMocks,
-    RecordingMonitor,
+    run_program,
     stack_config,
 )
 
@@ -46,26 +44,16 @@ def test_preview_does_no_work(monkeypatch, router_image):
     ]:
         monkeypatch.setattr(module, name, _tripwire)
     fleet_spec, resolved = generated_fleet(12)
-    mocks = FleetMocks()
-    pulumi.runtime.set_mocks(
-        mocks,
-        project="model-fleet",
-        stack="staging",
-        preview=True,
-        monitor=RecordingMonitor(mocks),
-    )
 
-    @pulumi.runtime.test
-    def run():
+    def body() -> None:
         cfg = stack_config()
         if router_image == "built":  # no image given: the program makes a RouterImage
             cfg = dataclasses.replace(cfg, router=RouterConfig(replicas=3))
         deploy_fleet(cfg, fleet_spec, resolved)
 
-    run()
-    kinds = [typ for typ, _ in mocks.inputs]
-    assert kinds.count(IMAGE_TYPE) == 12
-    assert kinds.count(PROFILE_TYPE) == sum(
+    cap = run_program(body, stack="staging", preview=True)
+    assert len(cap.of_type(IMAGE_TYPE)) == 12
+    assert len(cap.of_type(PROFILE_TYPE)) == sum(
         1 for r in resolved if r.model.settings.memory.fixed_mib is None
     )
-    assert kinds.count(ROUTER_IMAGE_TYPE) == (1 if router_image == "built" else 0)
+    assert len(cap.of_type(ROUTER_IMAGE_TYPE)) == (1 if router_image == "built" else 0)

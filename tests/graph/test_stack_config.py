@@ -72,6 +72,15 @@ def test_missing_nested_key_is_named():
         read({**BASE, "fleet:ingress": json.dumps({"className": "nginx"})})
 
 
+def test_prometheus_namespace_is_optional_and_checked():
+    assert read(BASE).prometheus_namespace is None
+    assert read({**BASE, "fleet:prometheusNamespace": "monitoring"}).prometheus_namespace == (
+        "monitoring"
+    )
+    with pytest.raises(ConfigError, match="fleet:prometheusNamespace"):
+        read({**BASE, "fleet:prometheusNamespace": "Monitoring_NS"})
+
+
 def test_router_image_is_built_unless_given():
     assert read(BASE).router.image == "localhost:5000/fleet/router:dev"
     assert read({**BASE, "fleet:router": json.dumps({"replicas": 1})}).router.image is None

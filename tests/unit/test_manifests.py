@@ -24,7 +24,7 @@ from components.manifests import (
 from components.platform import docker_config, namespace_metadata
 from components.pod import RUN_AS_USER
 from components.router_manifests import (
-    CHECKSUM,
+    CONFIG_DIR,
     RouterObjects,
     image_version,
     label_value,
@@ -35,6 +35,7 @@ from components.router_manifests import (
     router_pdb,
     router_url,
     routes_configmap,
+    routes_configmap_name,
     routes_json,
 )
 from fleet.host.images import UID
@@ -172,10 +173,15 @@ def test_fixed_memory_policy_is_plain_data():
             "autoscaling/v2",
             lambda: model_hpa(objects(autoscaling=Autoscaling())),
         ),
-        ("Deployment", "apps/v1", lambda: router_deployment(router())),
+        ("Deployment", "apps/v1", lambda: router_deployment(router(), "fleet-router-routes-x")),
         ("ConfigMap", "v1", lambda: routes_configmap(router())),
         ("Ingress", "networking.k8s.io/v1", lambda: router_ingress(router())),
         ("NetworkPolicy", "networking.k8s.io/v1", lambda: models_network_policy(router())),
+        (
+            "NetworkPolicy",
+            "networking.k8s.io/v1",
+            lambda: models_network_policy(router(prometheus_namespace="monitoring")),
+        ),
         ("Namespace", "v1", lambda: {"metadata": namespace_metadata("fleet", {})}),
     ],
 )
@@ -190,22 +196,38 @@ def test_schema_validation_catches_a_mistake():
         kubernetes_validate.validate(full("Deployment", "apps/v1", dep), K8S, strict=True)
 
 
-def test_routes_change_rolls_the_router():
-    a = router_deployment(router(routes_json=routes_json({"routes": [1], "version": 1})))
-    b = router_deployment(router(routes_json=routes_json({"version": 1, "routes": [1]})))
-    c = router_deployment(router(routes_json=routes_json({"version": 1, "routes": [2]})))
-    checksum = [d["spec"]["template"]["metadata"]["annotations"][CHECKSUM] for d in (a, b, c)]
-    assert checksum[0] == checksum[1] != checksum[2]
-    pod = a["spec"]["template"]["spec"]
+def test_routes_configmap_is_immutable_and_named_by_its_content():
+    same = [routes_json({"routes": [1], "version": 1}), routes_json({"version": 1, "routes": [1]})]
+    other = routes_json({"version": 1, "routes": [2]})
+    names = [routes_configmap(router(routes_json=t))["metadata"]["name"] for t in (*same, other)]
+    assert names[0] == names[1] != names[2]
+    assert names[0] == routes_configmap_name(same[0]) and names[0].startswith(
+        "fleet-router-routes-"
+    )
+    cm = routes_configmap(router(routes_json=other))
+    assert cm["immutable"] is True and cm["data"] == {"routes.json": other}
+
+
+def test_router_mounts_the_routes_configmap_it_is_given():
+    dep = router_deployment(router(), "fleet-router-routes-0123456789")
+    pod = dep["spec"]["template"]["spec"]
     assert violations(pod) == []
-    assert pod["volumes"][-1]["configMap"]["name"] == routes_configmap(router())["metadata"]["name"]
+    assert {"name": "routes", "configMap": {"name": "fleet-router-routes-0123456789"}} in (
+        pod["volumes"]
+    )
+    (c,) = pod["containers"]
+    assert {"name": "routes", "mountPath": CONFIG_DIR, "readOnly": True} in c["volumeMounts"]
+    assert c["args"][:2] == ["--config", f"{CONFIG_DIR}/routes.json"]
+    # Another name (new routes) changes the pod template, so the router rolls.
+    again = router_deployment(router(), "fleet-router-routes-9876543210")
+    assert again["spec"]["template"] != dep["spec"]["template"]
 
 
 def test_network_policy_admits_router_pods_to_model_pods_only():
     r = router()
     spec = models_network_policy(r)["spec"]
     model_pod = model_deployment(objects())["spec"]["template"]["metadata"]["labels"]
-    router_pod = router_deployment(r)["spec"]["template"]["metadata"]["labels"]
+    router_pod = router_deployment(r, "cm")["spec"]["template"]["metadata"]["labels"]
     assert spec["podSelector"]["matchLabels"].items() <= model_pod.items()
     assert not spec["podSelector"]["matchLabels"].items() <= router_pod.items()
     (rule,) = spec["ingress"]
@@ -214,6 +236,21 @@ def test_network_policy_admits_router_pods_to_model_pods_only():
     assert not peer["podSelector"]["matchLabels"].items() <= model_pod.items()
     assert rule["ports"] == [{"protocol": "TCP", "port": MODEL_PORT}]
     assert spec["policyTypes"] == ["Ingress"]
+
+
+def test_network_policy_lets_prometheus_scrape_the_model_port():
+    without = models_network_policy(router())["spec"]["ingress"]
+    spec = models_network_policy(router(prometheus_namespace="monitoring"))["spec"]
+    router_rule, scrape = spec["ingress"]
+    assert router_rule == without[0]
+    # Pods of that namespace only (the label the API server sets), on the model port,
+    # where the model server serves /metrics.
+    assert scrape == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"protocol": "TCP", "port": MODEL_PORT}],
+    }
 
 
 def test_ingress_tls_and_url():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet.cli import main
 from fleet.errors import RoutesConfigError
@@ -91,6 +93,58 @@ def test_experiment_dropped_when_a_variant_is_not_resolved() -> None:
     config = build_routes_config(fleet, resolved, _url)
     assert config["experiments"] == []
     assert [r["model"] for r in config["routes"]] == ["m_a", "m_c"]
+
+
+SHUFFLE_YAML = """
+models:
+  - {name: p_1_a, version: 1, endpoint: p, parameters: [1, a]}
+  - {name: p_1_b, version: 2, endpoint: p, parameters: [1, b]}
+  - {name: p_1_c, version: 1, endpoint: p, parameters: [1, c]}
+  - {name: p_2_a, version: 4, endpoint: p, parameters: [2, a]}
+  - {name: p_2_b, version: 1, endpoint: p, parameters: [2, b]}
+  - {name: q_1, alias: champion, endpoint: q, parameters: [1]}
+  - {name: q_2, version: 3, endpoint: q, parameters: [2]}
+experiments:
+  - route: /p/2
+    variants: [{model: p_2_b, weight: 90}, {model: p_2_a, weight: 10}]
+  - route: /p/1
+    sticky_header: X-Caller-Id
+    variants:
+      - {model: p_1_c, weight: 20}
+      - {model: p_1_a, weight: 50}
+      - {model: p_1_b, weight: 30}
+  - route: /q
+    variants: [{model: q_2, weight: 50}, {model: q_1, weight: 50}]
+"""
+
+
+def _shuffled(text: str, seed: int) -> str:
+    """The same fleet with models, experiments and every experiment's variants reordered."""
+    doc = yaml.safe_load(text)
+    rng = random.Random(seed)
+    rng.shuffle(doc["models"])
+    rng.shuffle(doc["experiments"])
+    for e in doc["experiments"]:
+        rng.shuffle(e["variants"])
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reordering_models_yaml_changes_nothing(seed: int) -> None:
+    fleet = parse_fleet(SHUFFLE_YAML)
+    want = build_routes_config(fleet, _resolved(fleet), _url)
+    moved_text = _shuffled(SHUFFLE_YAML, seed)
+    assert moved_text != yaml.safe_dump(yaml.safe_load(SHUFFLE_YAML), sort_keys=False)
+    moved = parse_fleet(moved_text)
+    resolved = _resolved(moved)
+    random.Random(seed).shuffle(resolved)  # whatever order the registry answers in
+    got = build_routes_config(moved, resolved, _url)
+    assert got == want
+    assert json.dumps(got) == json.dumps(want)  # the very bytes, key order included
+    # Sorted by path, variants by model: the order the router reads them in.
+    assert [r["path"] for r in got["routes"]] == sorted(r["path"] for r in got["routes"])
+    assert [e["path"] for e in got["experiments"]] == ["/p/1", "/p/2", "/q"]
+    assert [v["model"] for v in got["experiments"][0]["variants"]] == ["p_1_a", "p_1_b", "p_1_c"]
 
 
 def test_loader_roundtrip(tmp_path: Path) -> None:

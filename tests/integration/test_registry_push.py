@@ -1,0 +1,153 @@
+"""A real OCI registry (Debian's docker-registry with htpasswd auth, started by .ci/run):
+a model image is pushed with a login, pulled back by digest, and profiled on a runner
+that does not have it (the MemoryProfile provider over Pulumi's gRPC protocol pulls it).
+
+Skipped, with the reason, when no Docker engine answers or FLEET_TEST_REGISTRY names no
+registry. The image is the small demo model's, built with the registry as its prefix.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from components.config import RegistryAuth
+from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
+from fleet.errors import BuildError
+from fleet.host import docker_cli
+from fleet.host.images import BuildSettings, ImageResult, build_image
+from fleet.host.model_store import ModelStore
+from fleet.host.registry import Registry
+from fleet.resolved import ResolvedModel
+from tests.support import OciRegistry, by_name, dynamic_provider, provider_create, secret
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+SMALL = "match_probability_1_TAXI_trafficaware"  # the profiler's docker test uses it too
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def user_docker_config() -> dict[str, object]:
+    """~/.docker/config.json of the user running the tests ({} when there is none)."""
+    path = Path.home() / ".docker" / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def private_configs() -> set[str]:
+    return set(glob.glob(str(Path(tempfile.gettempdir()) / "fleet-docker-config-*")))
+
+
+def forget(*refs: str) -> None:
+    """Remove `refs` from the engine, as on a runner that never had them."""
+    for ref in refs:
+        docker_cli.run("rmi", ref)
+    assert [r for r in refs if docker_cli.inspect(r) is not None] == []
+
+
+@pytest.fixture(scope="module")
+def small(demo_resolved: list[ResolvedModel]) -> ResolvedModel:
+    return by_name(demo_resolved, SMALL)
+
+
+@pytest.fixture(scope="module")
+def pushed(
+    image_registry: OciRegistry,
+    small: ResolvedModel,
+    demo_registry: Registry,
+    model_store: ModelStore,
+) -> tuple[ImageResult, str, dict[str, object], set[str]]:
+    """(the image, its `repo@sha256:` from the push, the user's docker config before the
+    push, the private client configs before it)."""
+    settings = BuildSettings(store=model_store, registry=f"{image_registry.server}/fleet")
+    built = build_image(small, demo_registry, settings)
+    before, configs = user_docker_config(), private_configs()
+    digest_ref = docker_cli.push(built.image_ref, image_registry.login())
+    return built, digest_ref, before, configs
+
+
+def test_a_push_logs_in_privately_and_returns_the_registry_digest(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]], image_registry: OciRegistry
+) -> None:
+    built, digest_ref, before, configs = pushed
+    repo, tag = built.image_ref.rsplit(":", 1)
+    assert digest_ref.startswith(f"{repo}@sha256:")
+    # The registry itself serves the tag under that digest.
+    path = repo.removeprefix(image_registry.server)
+    status, headers, _ = image_registry.get(f"/v2{path}/manifests/{tag}", accept=MANIFEST)
+    assert status == 200
+    assert headers["Docker-Content-Digest"] == digest_ref.split("@", 1)[1]
+    # The login went into a private client config, removed after the push: the user's
+    # own config did not change and holds no credentials for the registry.
+    after = user_docker_config()
+    assert after == before
+    assert image_registry.server not in json.dumps(after)
+    assert private_configs() == configs
+
+
+def test_a_pull_by_digest_needs_the_login_and_brings_the_image_back(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]], image_registry: OciRegistry
+) -> None:
+    built, digest_ref, _, _ = pushed
+    forget(built.image_ref, digest_ref)
+    with pytest.raises(BuildError, match=r"no basic auth credentials|unauthorized"):
+        docker_cli.pull(digest_ref)  # the user's own config has no login for it
+    info = docker_cli.pull(digest_ref, image_registry.login())
+    assert info["Id"] == built.image_id
+    assert digest_ref in info["RepoDigests"]
+    assert image_registry.server not in json.dumps(user_docker_config())
+
+
+def test_a_wrong_password_is_refused_naming_the_registry(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]], image_registry: OciRegistry
+) -> None:
+    built, digest_ref, _, _ = pushed
+    wrong = image_registry.login(password="not-the-password")
+    with pytest.raises(BuildError) as push:
+        docker_cli.push(built.image_ref, wrong)
+    with pytest.raises(BuildError) as pull:
+        docker_cli.pull(digest_ref, wrong)
+    for failed in (push, pull):
+        message = str(failed.value)
+        assert f"docker login {image_registry.server} as {image_registry.username} failed" in (
+            message
+        )
+        assert "not-the-password" not in message
+
+
+def test_a_fresh_runner_pulls_the_image_before_it_profiles(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]],
+    image_registry: OciRegistry,
+    small: ResolvedModel,
+    tmp_path: Path,
+) -> None:
+    """The MemoryProfile provider, driven over gRPC in `python -m pulumi.dynamic` as the
+    engine drives it, with the registry password a secret on the wire, on an engine that
+    does not have the image: it pulls by digest with the login and measures."""
+    built, digest_ref, _, _ = pushed
+    forget(built.image_ref, digest_ref)
+    auth = RegistryAuth(image_registry.server, image_registry.username, "placeholder")
+    props = profile_inputs(
+        MemoryProfileArgs(
+            resolved=small,
+            image=digest_ref,
+            content_hash=built.content_hash,
+            requests=20,
+            auth=auth,  # its password: the secret set below
+        )
+    )
+    props["registry_password"] = secret(image_registry.password)
+    # Its own folder: no profile report cached by an earlier run can stand in for a run.
+    with dynamic_provider(tmp_path, tmp_path / "provider.log") as stub:
+        id_, outs = provider_create(stub, props, MemoryProfileProvider(), timeout_s=1500)
+    assert id_ == f"{SMALL}@{built.content_hash}"
+    info = docker_cli.inspect(digest_ref)
+    assert info is not None and info["Id"] == built.image_id  # pulled
+    assert 100 <= outs["idle_mib"] <= outs["peak_mib"] <= 2000
+    assert outs["request_mib"] >= outs["p95_mib"] and outs["limit_mib"] >= outs["request_mib"]
+    assert outs["image"] == digest_ref
+    assert "registry_password" not in outs  # the password is never an output
+    assert image_registry.password not in json.dumps(outs, default=str)
