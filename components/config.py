@@ -90,6 +90,10 @@ class StackConfig:
     """Registry credentials; None for an open local registry."""
     mlflow_token: pulumi.Output[str] | None
     """MLflow token (secret) the image build reads models with."""
+    mlflow_username: str | None = None
+    """MLflow basic-auth user (`fleet:mlflowUsername`), instead of a token."""
+    mlflow_password: pulumi.Output[str] | None = None
+    """Its password (secret, `fleet:mlflowPassword`)."""
     profile_requests: int = 200
     """Random requests the profiler sends to each model image."""
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -116,6 +120,7 @@ def load_stack_config() -> StackConfig:
         )
     tracking_uri = cfg.require("trackingUri")
     remote = tracking_uri.startswith(("http://", "https://", "databricks"))
+    mlflow_username = cfg.get("mlflowUsername")
     ingress: dict[str, Any] = cfg.get_object("ingress") or {}
     router: dict[str, Any] = cfg.get_object("router") or {}
     requests = cfg.get_int("profileRequests", 200)
@@ -148,8 +153,15 @@ def load_stack_config() -> StackConfig:
             tls_secret=ingress.get("tlsSecret"),
         ),
         registry_auth=auth,
-        # A remote tracking server needs the token; a local sqlite registry has none.
-        mlflow_token=cfg.require_secret("mlflowToken") if remote else cfg.get_secret("mlflowToken"),
+        # A remote tracking server needs a token, or a user and password (basic auth); a
+        # local sqlite registry has none.
+        mlflow_token=(
+            cfg.require_secret("mlflowToken")
+            if remote and not mlflow_username
+            else cfg.get_secret("mlflowToken")
+        ),
+        mlflow_username=mlflow_username,
+        mlflow_password=cfg.require_secret("mlflowPassword") if mlflow_username else None,
         profile_requests=requests,
         extra_labels=dict(cfg.get_object("labels") or {}),
         router_limits=dict(cfg.get_object("routerLimits") or {}),
@@ -157,14 +169,16 @@ def load_stack_config() -> StackConfig:
     )
 
 
-def mlflow_token_for_reads() -> str | None:
-    """The MLflow token as plain text, for reading the registry at program time only.
+def mlflow_credentials_for_reads() -> dict[str, str]:
+    """The stack's MLflow credentials as plain text, for reading the registry at program
+    time only (`token`, or `username` and `password`; empty when it has none).
 
     Resolution runs before any resource exists, so it cannot wait on an Output; the
-    engine hands the decrypted value to the program anyway. It never enters a resource.
+    engine hands the decrypted values to the program anyway. They never enter a resource.
     """
-    value = pulumi.runtime.get_config("fleet:mlflowToken")
-    return str(value) if value else None
+    keys = {"token": "mlflowToken", "username": "mlflowUsername", "password": "mlflowPassword"}
+    found = {k: pulumi.runtime.get_config(f"fleet:{key}") for k, key in keys.items()}
+    return {k: str(v) for k, v in found.items() if v}
 
 
 def _required(obj: dict[str, Any], key: str, parent: str) -> str:

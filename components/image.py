@@ -112,22 +112,26 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
         username=props.get("mlflow_username") or None,
         password=props.get("mlflow_password") or None,
     )
+    login = None
+    if props.get("push") and props.get("registry_username"):
+        login = docker_cli.RegistryLogin(
+            props["registry_server"], props["registry_username"], props["registry_password"]
+        )
+    secrets = ("registry_password", "mlflow_token", "mlflow_password")
+    outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
+    # The tag is the content hash: when the registry holds it, the image was built from
+    # these inputs already (another stack, a lost cache): nothing is built or pushed.
+    pushed = docker_cli.remote_digest(props["image_ref"], login) if props.get("push") else None
+    if pushed is not None:
+        outs.update(image_id="", digest=pushed, image=pushed, built=False)
+        return outs
     result = build_image(resolved, registry, settings)
     if result.content_hash != props["content_hash"]:
         raise RuntimeError(
             f"model '{resolved.name}': content hash {result.content_hash} at build time is "
             f"not the {props['content_hash']} the plan was made with; run the update again"
         )
-    digest = ""
-    if props.get("push"):
-        login = None
-        if props.get("registry_username"):
-            login = docker_cli.RegistryLogin(
-                props["registry_server"], props["registry_username"], props["registry_password"]
-            )
-        digest = docker_cli.push(result.image_ref, login)
-    secrets = ("registry_password", "mlflow_token", "mlflow_password")
-    outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
+    digest = docker_cli.push(result.image_ref, login) if props.get("push") else ""
     outs.update(
         image_id=result.image_id,
         digest=digest,

@@ -42,6 +42,10 @@ class ModelServiceArgs:
     with them on a runner that does not have the image."""
     mlflow_token: pulumi.Output[str] | None = None
     """MLflow token for the build (secret)."""
+    mlflow_username: str | None = None
+    """MLflow basic-auth user for the build, instead of a token."""
+    mlflow_password: pulumi.Output[str] | None = None
+    """Its password (secret)."""
     image_pull_secrets: list[str] = field(default_factory=list)
     """Registry Secrets the pods pull with."""
     profile_requests: int = 200
@@ -76,6 +80,8 @@ class ModelService(pulumi.ComponentResource):
                 push=args.push,
                 auth=args.auth,
                 mlflow_token=args.mlflow_token,
+                mlflow_username=args.mlflow_username,
+                mlflow_password=args.mlflow_password,
             ),
             child,
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from components.config import StackConfig, mlflow_token_for_reads
+from components.config import StackConfig, mlflow_credentials_for_reads
 from components.model_service import ModelService, ModelServiceArgs
 from components.platform import Platform, PlatformArgs
 from components.router import Router, RouterArgs
@@ -51,7 +51,7 @@ def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
     registry = Registry.from_environment(cfg.tracking_uri)
     if not registry.has_credentials():
         # A job's own (read-only) credentials win over the stack's; else the stack's token.
-        registry = registry.with_token(mlflow_token_for_reads())
+        registry = registry.with_credentials(**mlflow_credentials_for_reads())
     return fleet, registry.resolve(fleet)
 
 
@@ -76,6 +76,8 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
                 push=cfg.push,
                 auth=cfg.registry_auth,
                 mlflow_token=cfg.mlflow_token,
+                mlflow_username=cfg.mlflow_username,
+                mlflow_password=cfg.mlflow_password,
                 image_pull_secrets=platform.pull_secrets,
                 profile_requests=cfg.profile_requests,
                 extra_labels=cfg.extra_labels,
@@ -94,6 +96,7 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
             image=cfg.router.image,
             build=build,
             push=cfg.push,
+            auth=cfg.registry_auth,
             replicas=cfg.router.replicas,
             cpu=cfg.router.cpu,
             memory_mib=cfg.router.memory_mib,

@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import IngressConfig
+from components.config import IngressConfig, RegistryAuth
 from components.manifests import backend_url
 from components.pod import Text
 from components.router_image import RouterImage, RouterImageArgs
@@ -57,6 +57,8 @@ class RouterArgs:
     """... or run this prebuilt router image instead."""
     push: bool = True
     """Push the built image and deploy it by digest."""
+    auth: RegistryAuth | None = None
+    """Registry credentials for the push."""
     replicas: int = 2
     """Router pods."""
     cpu: str = "250m"
@@ -95,7 +97,9 @@ class Router(pulumi.ComponentResource):
         if args.image is not None:
             image, version = args.image, image_version(args.image)
         elif args.build is not None:
-            built = RouterImage(f"{name}-image", RouterImageArgs(args.build, args.push), child)
+            built = RouterImage(
+                f"{name}-image", RouterImageArgs(args.build, args.push, args.auth), child
+            )
             image, version = built.image, built.planned_hash[:12]
         else:
             raise ValueError(f"router '{name}': give a router image or build settings")

@@ -15,6 +15,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from components.config import RegistryAuth
 from components.image import deployable_ref, settings_from_dict, settings_to_dict
 from components.wire import plain
 from fleet.host import docker_cli
@@ -31,6 +32,8 @@ class RouterImageArgs:
     """Registry prefix, base image, CA bundle (the model images' settings)."""
     push: bool = True
     """Push to the registry and deploy by digest."""
+    auth: RegistryAuth | None = None
+    """Registry credentials for the push (the model images' ones)."""
 
 
 def router_image_inputs(args: RouterImageArgs) -> dict[str, Any]:
@@ -39,15 +42,23 @@ def router_image_inputs(args: RouterImageArgs) -> dict[str, Any]:
         "image_ref": router_ref(args.build),
         "build": settings_to_dict(args.build),
         "push": args.push,
+        "registry_server": args.auth.server if args.auth else None,
+        "registry_username": args.auth.username if args.auth else None,
+        "registry_password": args.auth.password if args.auth else None,
     }
 
 
 def build_and_push_router(props: dict[str, Any]) -> dict[str, Any]:
     props = plain(props)
     settings = settings_from_dict(props["build"])
+    login = None
+    if props.get("registry_username"):
+        login = docker_cli.RegistryLogin(
+            props["registry_server"], props["registry_username"], props["registry_password"]
+        )
     result = build_router_image(props["image_ref"], settings)
-    pushed = docker_cli.push(result.image_ref) if props.get("push") else ""
-    outs = {k: v for k, v in props.items() if not k.startswith("__")}
+    pushed = docker_cli.push(result.image_ref, login) if props.get("push") else ""
+    outs = {k: v for k, v in props.items() if k != "registry_password" and not k.startswith("__")}
     ref = deployable_ref(result.image_ref, pushed)
     outs.update(image_id=result.image_id, digest=pushed, built=result.built, image=ref)
     return outs

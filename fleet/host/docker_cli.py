@@ -112,8 +112,16 @@ def _client_config(login: RegistryLogin | None) -> Iterator[Path | None]:
 
 
 def push(ref: str, login: RegistryLogin | None = None) -> str:
-    """Push `ref` (logged in with `login` if given); returns its `name@sha256:...` digest."""
+    """Push `ref` (logged in with `login` if given); returns its `name@sha256:...` digest.
+
+    A tag the registry already holds is never pushed over: its digest is returned as the
+    registry has it. Tags are content hashes, so the registry's image was built from the
+    same inputs (by another runner or stack); staging and production deploy one digest.
+    """
     with _client_config(login) as config:
+        found = _remote_digest(ref, config)
+        if found is not None:
+            return found
         check("push", ref, config=config)
     info = inspect(ref) or {}
     name = ref.rsplit(":", 1)[0]
@@ -121,6 +129,32 @@ def push(ref: str, login: RegistryLogin | None = None) -> str:
     if not digests:
         raise BuildError(f"docker push {ref}: the engine reports no repository digest")
     return str(digests[0])
+
+
+def remote_digest(ref: str, login: RegistryLogin | None = None) -> str | None:
+    """`name@sha256:...` of the tag `ref` in its registry, or None when it holds no such tag.
+
+    Reads the registry only (`docker manifest inspect`); BuildError when the registry
+    cannot be read (down, or the login is refused).
+    """
+    with _client_config(login) as config:
+        return _remote_digest(ref, config)
+
+
+def _remote_digest(ref: str, config: Path | None) -> str | None:
+    host = ref.split("/", 1)[0]
+    # The engine talks plain HTTP to a registry on loopback; the CLI must be told.
+    loopback = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
+    args = ["manifest", "inspect", "--verbose", *(["--insecure"] if loopback else []), ref]
+    proc = run(*args, config=config, timeout=120)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        if "no such manifest" in err or "manifest unknown" in err.lower():
+            return None
+        raise BuildError(f"cannot read {ref} from its registry: {err[-1000:]}")
+    found = json.loads(proc.stdout)
+    descriptor = (found[0] if isinstance(found, list) else found)["Descriptor"]
+    return f"{ref.rsplit(':', 1)[0]}@{descriptor['digest']}"
 
 
 def pull(ref: str, login: RegistryLogin | None = None) -> dict[str, Any]:

@@ -67,9 +67,13 @@ class Registry:
             password=env.tracking_password,
         )
 
-    def with_token(self, token: str | None) -> Registry:
-        """This registry read with `token` (a stack's secret) when one is given."""
-        return Registry(self.uri, token, self.username, self.password) if token else self
+    def with_credentials(
+        self, token: str | None = None, username: str | None = None, password: str | None = None
+    ) -> Registry:
+        """This registry read with the credentials given (a stack's secrets) instead."""
+        if not (token or username):
+            return self
+        return Registry(self.uri, token=token, username=username, password=password)
 
     def has_credentials(self) -> bool:
         return bool(self.token or self.username)

@@ -198,6 +198,8 @@ def test_provider_outputs_hold_no_secret(small, monkeypatch):
     stand_in = ImageResult(props["image_ref"], "sha256:" + "4" * 64, chash, built=True)
     pushed: list[object] = []
     monkeypatch.setattr(components.image, "build_image", lambda *_a: stand_in)
+    # The registry does not hold the tag yet, so the image is built and pushed.
+    monkeypatch.setattr(components.image.docker_cli, "remote_digest", lambda *_a: None)
     monkeypatch.setattr(
         components.image.docker_cli,
         "push",

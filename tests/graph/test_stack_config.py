@@ -103,3 +103,15 @@ def test_stack_files_hold_what_the_program_reads(stack, alias, secrets):
     assert cfg.alias == alias
     assert (cfg.registry_auth is None) == (stack == "dev")
     assert cfg.ingress.host and cfg.router.image is None  # built by the program
+
+
+def test_mlflow_basic_auth_instead_of_a_token():
+    remote = {**BASE, "fleet:trackingUri": "https://mlflow.example.com"}
+    with pytest.raises(pulumi.ConfigMissingError, match="fleet:mlflowPassword"):
+        read({**remote, "fleet:mlflowUsername": "fleet-ci"})
+    cfg = read(
+        {**remote, "fleet:mlflowUsername": "fleet-ci", "fleet:mlflowPassword": "pw"},
+        ["fleet:mlflowPassword"],
+    )
+    assert cfg.mlflow_username == "fleet-ci" and cfg.mlflow_token is None
+    assert cfg.mlflow_password is not None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from components.config import RegistryAuth
+from components.image import ModelImageArgs, ModelImageProvider, image_inputs
 from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
 from fleet.errors import BuildError
 from fleet.host import docker_cli
@@ -150,4 +151,45 @@ def test_a_fresh_runner_pulls_the_image_before_it_profiles(
     assert outs["request_mib"] >= outs["p95_mib"] and outs["limit_mib"] >= outs["request_mib"]
     assert outs["image"] == digest_ref
     assert "registry_password" not in outs  # the password is never an output
+    assert image_registry.password not in json.dumps(outs, default=str)
+
+
+def test_a_tag_the_registry_holds_is_never_pushed_over(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]], image_registry: OciRegistry
+) -> None:
+    """Another image under the same tag on this engine (a differently built or a
+    poisoned one): the push leaves the registry's image and returns its digest."""
+    built, digest_ref, _, _ = pushed
+    repo, tag = built.image_ref.rsplit(":", 1)
+    try:
+        docker_cli.check("tag", BuildSettings().base_image, built.image_ref)
+        assert docker_cli.push(built.image_ref, image_registry.login()) == digest_ref
+    finally:
+        docker_cli.run("rmi", built.image_ref)
+    path = repo.removeprefix(image_registry.server)
+    _, headers, _ = image_registry.get(f"/v2{path}/manifests/{tag}", accept=MANIFEST)
+    assert headers["Docker-Content-Digest"] == digest_ref.split("@", 1)[1]
+
+
+def test_an_up_on_a_fresh_runner_builds_nothing_the_registry_has(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]],
+    image_registry: OciRegistry,
+    small: ResolvedModel,
+    demo_uri: str,
+    model_store: ModelStore,
+) -> None:
+    """A create of an unchanged model (a new stack, lost state) on a runner without the
+    image: the tag in the registry gives the digest; nothing is built or pushed."""
+    built, digest_ref, _, _ = pushed
+    forget(built.image_ref, digest_ref)
+    settings = BuildSettings(store=model_store, registry=f"{image_registry.server}/fleet")
+    auth = RegistryAuth(image_registry.server, image_registry.username, "placeholder")
+    props = image_inputs(
+        ModelImageArgs(resolved=small, build=settings, tracking_uri=demo_uri, auth=auth)
+    )
+    props["registry_password"] = secret(image_registry.password)  # as on the wire
+    outs = ModelImageProvider().create(props).outs
+    assert outs["built"] is False
+    assert outs["image"] == outs["digest"] == digest_ref
+    assert docker_cli.inspect(built.image_ref) is None  # nothing was built
     assert image_registry.password not in json.dumps(outs, default=str)
