@@ -121,6 +121,14 @@ def load_stack_config() -> StackConfig:
     tracking_uri = cfg.require("trackingUri")
     remote = tracking_uri.startswith(("http://", "https://", "databricks"))
     mlflow_username = cfg.get("mlflowUsername")
+    base_image = cfg.get("baseImage") or DEFAULT_BASE_IMAGE
+    if "@sha256:" not in base_image and cfg.get_bool("push", True):
+        # A tag can name other bytes on another runner, under the same content hash.
+        pulumi.log.warn(
+            f"fleet:baseImage {base_image} is a tag, not a digest: runners that made it "
+            "themselves build different images under one hash. Push it with "
+            "`scripts/base-image.sh TAG REGISTRY/base:bookworm` and set the digest it prints."
+        )
     ingress: dict[str, Any] = cfg.get_object("ingress") or {}
     router: dict[str, Any] = cfg.get_object("router") or {}
     requests = cfg.get_int("profileRequests", 200)
@@ -138,7 +146,7 @@ def load_stack_config() -> StackConfig:
         alias=cfg.get("alias"),
         tracking_uri=tracking_uri,
         registry=registry,
-        base_image=cfg.get("baseImage") or DEFAULT_BASE_IMAGE,
+        base_image=base_image,
         ca_bundle=cfg.get("caBundle"),
         push=cfg.get_bool("push", True),
         router=RouterConfig(

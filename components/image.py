@@ -80,9 +80,21 @@ def settings_to_dict(settings: BuildSettings) -> dict[str, Any]:
     return out
 
 
-def settings_from_dict(data: dict[str, Any]) -> BuildSettings:
+def settings_from_dict(
+    data: dict[str, Any], login: docker_cli.RegistryLogin | None = None
+) -> BuildSettings:
+    """The inverse of `settings_to_dict`; `login` pulls the base image where it is missing."""
     ca = data.get("ca_bundle")
-    return BuildSettings(**{**data, "ca_bundle": Path(ca) if ca else None})
+    return BuildSettings(**{**data, "ca_bundle": Path(ca) if ca else None}, login=login)
+
+
+def login_of(props: dict[str, Any]) -> docker_cli.RegistryLogin | None:
+    """The registry login of a provider's (plain) inputs, if it has one."""
+    if not props.get("registry_username"):
+        return None
+    return docker_cli.RegistryLogin(
+        props["registry_server"], props["registry_username"], props["registry_password"]
+    )
 
 
 def image_changed(olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
@@ -103,7 +115,8 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
     """Build (cached by tag) and push the image; returns the resource's outputs."""
     props = plain(props)
     resolved = resolved_of(props)
-    settings = settings_from_dict(props["build"])
+    login = login_of(props)
+    settings = settings_from_dict(props["build"], login)
     # The credentials travel with this call's inputs into the worker's environment: four
     # creates on the provider's four threads, each with its own, never mix.
     registry = Registry(
@@ -112,11 +125,6 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
         username=props.get("mlflow_username") or None,
         password=props.get("mlflow_password") or None,
     )
-    login = None
-    if props.get("push") and props.get("registry_username"):
-        login = docker_cli.RegistryLogin(
-            props["registry_server"], props["registry_username"], props["registry_password"]
-        )
     secrets = ("registry_password", "mlflow_token", "mlflow_password")
     outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
     # The tag is the content hash: when the registry holds it, the image was built from

@@ -16,7 +16,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components.config import RegistryAuth
-from components.image import deployable_ref, settings_from_dict, settings_to_dict
+from components.image import deployable_ref, login_of, settings_from_dict, settings_to_dict
 from components.wire import plain
 from fleet.host import docker_cli
 from fleet.host.images import BuildSettings, build_router_image, router_hash, router_ref
@@ -50,12 +50,8 @@ def router_image_inputs(args: RouterImageArgs) -> dict[str, Any]:
 
 def build_and_push_router(props: dict[str, Any]) -> dict[str, Any]:
     props = plain(props)
-    settings = settings_from_dict(props["build"])
-    login = None
-    if props.get("registry_username"):
-        login = docker_cli.RegistryLogin(
-            props["registry_server"], props["registry_username"], props["registry_password"]
-        )
+    login = login_of(props)
+    settings = settings_from_dict(props["build"], login)
     result = build_router_image(props["image_ref"], settings)
     pushed = docker_cli.push(result.image_ref, login) if props.get("push") else ""
     outs = {k: v for k, v in props.items() if k != "registry_password" and not k.startswith("__")}

@@ -73,6 +73,8 @@ class BuildSettings:
     """Where uv.lock and the `fleet` sources are read from (a copy in tests)."""
     store: ModelStore = field(default_factory=ModelStore.from_environment, compare=False)
     """The BentoML store models are imported into and bentos are built in."""
+    login: docker_cli.RegistryLogin | None = field(default=None, compare=False, repr=False)
+    """Credentials to pull the base image with when the engine does not have it."""
 
 
 @dataclass(frozen=True)
@@ -277,13 +279,18 @@ def _without_creation_times(bento: Path) -> None:
 
 
 def _base(settings: BuildSettings) -> dict[str, Any]:
+    """The base image from the engine, pulled first when the engine does not have it (a
+    fresh runner; the stack names it by digest in its registry, `scripts/base-image.sh`)."""
     base = docker_cli.inspect(settings.base_image)
-    if base is None:
+    if base is not None:
+        return base
+    try:
+        return docker_cli.pull(settings.base_image, settings.login)
+    except BuildError as exc:
         raise BuildError(
-            f"base image {settings.base_image} is not in the engine (pull it, or make it with "
-            "scripts/base-image.sh)"
-        )
-    return base
+            f"base image {settings.base_image} is not in the engine and could not be pulled "
+            f"(make and push it with scripts/base-image.sh): {exc}"
+        ) from exc
 
 
 def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:

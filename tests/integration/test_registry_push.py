@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from components.image import ModelImageArgs, ModelImageProvider, image_inputs
 from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
 from fleet.errors import BuildError
 from fleet.host import docker_cli
-from fleet.host.images import BuildSettings, ImageResult, build_image
+from fleet.host.environment import child_env
+from fleet.host.images import (
+    BuildSettings,
+    ImageResult,
+    build_image,
+    build_router_image,
+    router_ref,
+)
 from fleet.host.model_store import ModelStore
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
@@ -28,6 +36,7 @@ from tests.support import OciRegistry, by_name, dynamic_provider, provider_creat
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = "match_probability_1_TAXI_trafficaware"  # the profiler's docker test uses it too
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -193,3 +202,44 @@ def test_an_up_on_a_fresh_runner_builds_nothing_the_registry_has(
     assert outs["image"] == outs["digest"] == digest_ref
     assert docker_cli.inspect(built.image_ref) is None  # nothing was built
     assert image_registry.password not in json.dumps(outs, default=str)
+
+
+def test_the_base_image_is_pushed_and_builds_pull_it_by_digest(
+    image_registry: OciRegistry, tmp_path: Path
+) -> None:
+    """`scripts/base-image.sh TAG PUSH_TO` pushes the base and prints its digest
+    reference; a build on an engine without that reference pulls it with the login."""
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    login = image_registry.login()
+    logged = docker_cli.run(
+        "login",
+        login.server,
+        "--username",
+        login.username,
+        "--password-stdin",
+        input=login.password.encode(),
+        config=config,
+    )
+    assert logged.returncode == 0, logged.stderr
+    push_to = f"{image_registry.server}/fleet/base:bookworm"
+    made = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "base-image.sh"), BuildSettings().base_image, push_to],
+        env=child_env({"DOCKER_CONFIG": str(config), "DOCKER": docker_cli.docker()}),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    digest_ref = made.stdout.strip().splitlines()[-1]
+    assert digest_ref.startswith(f"{image_registry.server}/fleet/base@sha256:")
+    docker_cli.run("rmi", push_to, digest_ref)  # a runner that never had it by this name
+    assert docker_cli.inspect(digest_ref) is None
+    settings = BuildSettings(base_image=digest_ref, login=login, registry="fresh.example/fleet")
+    built = build_router_image(router_ref(settings), settings)
+    base = docker_cli.inspect(digest_ref)
+    assert base is not None  # pulled
+    image = docker_cli.inspect(built.image_ref)
+    assert image is not None
+    assert image["RootFS"]["Layers"][: len(base["RootFS"]["Layers"])] == base["RootFS"]["Layers"]
+    docker_cli.run("rmi", built.image_ref)
