@@ -593,11 +593,12 @@ def to_wire(props: dict[str, Any]) -> Any:
         loop.close()
 
 
-def from_wire(struct: Any) -> dict[str, Any]:
-    """A Struct from the provider, deserialized by Pulumi's rpc module."""
+def from_wire(struct: Any, keep_unknowns: bool = False) -> dict[str, Any]:
+    """A Struct deserialized by Pulumi's rpc module, as the provider process does it
+    (`keep_unknowns` as in its Check and Diff)."""
     from pulumi.runtime import rpc
 
-    return dict(rpc.deserialize_properties(struct))
+    return dict(rpc.deserialize_properties(struct, keep_unknowns))
 
 
 @contextlib.contextmanager

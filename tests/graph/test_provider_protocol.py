@@ -12,18 +12,13 @@ providers work.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import proto, rpc
 from pulumi.runtime.proto import provider_pb2_grpc
@@ -32,33 +27,22 @@ from components.image import ModelImageArgs, ModelImageProvider, image_inputs
 from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
 from components.wire import plain, resolved_of, unknown
 from fleet.host import docker_cli
-from fleet.host.environment import child_env
 from fleet.host.images import BuildSettings
 from fleet.host.model_store import ModelStore
 from fleet.resolved import ResolvedModel
 from tests.graph.fleetgen import generated_fleet
-from tests.support import by_name, docker_problem
+from tests.support import (
+    by_name,
+    docker_problem,
+    dynamic_provider,
+    from_wire,
+    secret,
+    to_wire,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = {rpc._special_sig_key: rpc._special_secret_sig, "value": "s3cret-token"}
-
-
-def wire(props: dict[str, Any]) -> struct_pb2.Struct:
-    """`props` as the engine sends them: serialized by Pulumi's rpc module.
-
-    On a loop of its own, not `asyncio.run`: that leaves the main thread without a current
-    event loop, and the Pulumi runtime of the tests that follow needs one.
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(rpc.serialize_properties(props, {}))
-    finally:
-        loop.close()
-
-
-def back(struct: struct_pb2.Struct, keep_unknowns: bool = False) -> dict[str, Any]:
-    """What the provider process makes of a Struct (its own call)."""
-    return dict(rpc.deserialize_properties(struct, keep_unknowns))
+SECRET = secret("s3cret-token")
+wire, back = to_wire, from_wire
 
 
 def test_every_model_survives_the_wire() -> None:
@@ -89,32 +73,12 @@ def test_an_unreadable_model_is_named() -> None:
         resolved_of({"model": {"name": "broken", "version": "not a number"}})
 
 
-@contextlib.contextmanager
-def provider_process(
-    env: dict[str, str] | None = None,
-) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
-    """`python -m pulumi.dynamic`, started as the engine starts it, and a stub to call it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pulumi.dynamic"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield provider_pb2_grpc.ResourceProviderStub(channel)
-    finally:
-        channel.close()
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
-def provider() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
-    with provider_process() as stub:
+def provider(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+    logs = tmp_path_factory.mktemp("provider")
+    with dynamic_provider(ROOT, logs / "provider.log") as stub:
         yield stub
 
 
@@ -202,13 +166,14 @@ def test_a_preview_with_unknown_inputs(provider: Any) -> None:
 
 @pytest.fixture(scope="module")
 def engine_provider(
-    model_store: ModelStore,
+    model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
     """The provider process with a Docker engine behind it, its BentoML store the session's."""
     problem = docker_problem()
     if problem is not None:
         pytest.skip(problem)
-    with provider_process(child_env(model_store.env())) as stub:
+    logs = tmp_path_factory.mktemp("engine-provider")
+    with dynamic_provider(ROOT, logs / "provider.log", model_store.env()) as stub:
         yield stub
 
 
