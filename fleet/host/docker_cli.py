@@ -83,7 +83,7 @@ def inspect(ref: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _client_config(login: RegistryLogin | None) -> Iterator[Path | None]:
+def logged_in(login: RegistryLogin | None) -> Iterator[Path | None]:
     """A private client config logged in with `login` while the block runs, then removed.
 
     None without a login: the call uses the user's own client config (a runner that ran
@@ -118,7 +118,7 @@ def push(ref: str, login: RegistryLogin | None = None) -> str:
     registry has it. Tags are content hashes, so the registry's image was built from the
     same inputs (by another runner or stack); staging and production deploy one digest.
     """
-    with _client_config(login) as config:
+    with logged_in(login) as config:
         found = _remote_digest(ref, config)
         if found is not None:
             return found
@@ -137,7 +137,7 @@ def remote_digest(ref: str, login: RegistryLogin | None = None) -> str | None:
     Reads the registry only (`docker manifest inspect`); BuildError when the registry
     cannot be read (down, or the login is refused).
     """
-    with _client_config(login) as config:
+    with logged_in(login) as config:
         return _remote_digest(ref, config)
 
 
@@ -160,7 +160,7 @@ def _remote_digest(ref: str, config: Path | None) -> str | None:
 def pull(ref: str, login: RegistryLogin | None = None) -> dict[str, Any]:
     """Pull `ref` (`name:tag` or `name@sha256:...`), logged in with `login` if given, into
     the engine; its `docker image inspect`. BuildError naming the ref when it fails."""
-    with _client_config(login) as config:
+    with logged_in(login) as config:
         check("pull", "--quiet", ref, config=config)
     info = inspect(ref)
     if info is None:

@@ -209,27 +209,16 @@ def test_the_base_image_is_pushed_and_builds_pull_it_by_digest(
 ) -> None:
     """`scripts/base-image.sh TAG PUSH_TO` pushes the base and prints its digest
     reference; a build on an engine without that reference pulls it with the login."""
-    config = tmp_path / "docker-config"
-    config.mkdir()
     login = image_registry.login()
-    logged = docker_cli.run(
-        "login",
-        login.server,
-        "--username",
-        login.username,
-        "--password-stdin",
-        input=login.password.encode(),
-        config=config,
-    )
-    assert logged.returncode == 0, logged.stderr
     push_to = f"{image_registry.server}/fleet/base:bookworm"
-    made = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "base-image.sh"), BuildSettings().base_image, push_to],
-        env=child_env({"DOCKER_CONFIG": str(config), "DOCKER": docker_cli.docker()}),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    with docker_cli.logged_in(login) as config:  # as the CI job's `docker login` does
+        made = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "base-image.sh"), BuildSettings().base_image, push_to],
+            env=child_env({"DOCKER_CONFIG": str(config), "DOCKER": docker_cli.docker()}),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert made.returncode == 0, made.stderr
     digest_ref = made.stdout.strip().splitlines()[-1]
     assert digest_ref.startswith(f"{image_registry.server}/fleet/base@sha256:")
