@@ -93,7 +93,9 @@ def login_of(props: dict[str, Any]) -> docker_cli.RegistryLogin | None:
     if not props.get("registry_username"):
         return None
     return docker_cli.RegistryLogin(
-        props["registry_server"], props["registry_username"], props["registry_password"]
+        str(props["registry_server"]),
+        str(props["registry_username"]),
+        str(props.get("registry_password") or ""),
     )
 
 

@@ -19,8 +19,8 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components.config import RegistryAuth
+from components.image import login_of
 from components.wire import plain, resolved_of
-from fleet.host import docker_cli
 from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
 
@@ -64,17 +64,6 @@ def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
     }
 
 
-def registry_login(props: dict[str, Any]) -> docker_cli.RegistryLogin | None:
-    """The pull credentials of plain inputs (`profile_inputs`), or None without a user."""
-    if not props.get("registry_username"):
-        return None
-    return docker_cli.RegistryLogin(
-        str(props["registry_server"]),
-        str(props["registry_username"]),
-        str(props.get("registry_password") or ""),
-    )
-
-
 def changed(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     return [k for k in keys if olds.get(k) != news.get(k)]
 
@@ -93,7 +82,7 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
     report = profile(
         resolved,
         None,  # the image already holds the model; nothing is read from MLflow
-        backend=DockerBackend(str(props["image"]), registry_login(props)),
+        backend=DockerBackend(str(props["image"]), login_of(props)),
         options=ProfileOptions(plan=plan),
         content_hash=str(props["content_hash"]),
         # The local report cache spares a laptop a second run; CI relies on the state.
