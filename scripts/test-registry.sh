@@ -16,25 +16,38 @@ REG_USER=${FLEET_TEST_REGISTRY_USER:-fleet-test}
 REG_PASSWORD=${FLEET_TEST_REGISTRY_PASSWORD:-fleet-test-password}
 DIR=${FLEET_TEST_REGISTRY_DIR:-/var/lib/fleet-test-registry}
 
-# GET /v2/ with the credentials: 200 (ours is up), 401 (someone else's is), 000 (nothing).
+# GET /v2/ with the credentials and without: "200 401" (ours is up), "200 200" (an open
+# registry: Debian's packaged service, which the package starts where an init system
+# runs), "401 401" (someone else's), "000 000" (nothing).
 status() {
   python3 - "$ADDR" "$REG_USER" "$REG_PASSWORD" <<'EOF'
 import base64, sys, urllib.error, urllib.request
 addr, user, password = sys.argv[1:4]
 token = base64.b64encode(f"{user}:{password}".encode()).decode()
-request = urllib.request.Request(f"http://{addr}/v2/", headers={"Authorization": f"Basic {token}"})
-try:
-    print(urllib.request.urlopen(request, timeout=5).status)
-except urllib.error.HTTPError as exc:
-    print(exc.code)
-except OSError:
-    print("000")
+codes = []
+for headers in ({"Authorization": f"Basic {token}"}, {}):
+    request = urllib.request.Request(f"http://{addr}/v2/", headers=headers)
+    try:
+        codes.append(str(urllib.request.urlopen(request, timeout=5).status))
+    except urllib.error.HTTPError as exc:
+        codes.append(str(exc.code))
+    except OSError:
+        codes.append("000")
+print(" ".join(codes))
 EOF
 }
 
 case "$(status)" in
-  200) echo "registry on $ADDR: already running"; exit 0 ;;
-  000) ;;
+  "200 401") echo "registry on $ADDR: already running"; exit 0 ;;
+  "200 200")
+    echo "an open registry holds $ADDR (the package's own service?): stopping it" >&2
+    if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry; then
+      systemctl disable --now docker-registry
+    else
+      /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+    fi
+    sleep 1 ;;
+  "000 000") ;;
   *) echo "something on $ADDR refuses the test credentials; stop it or set FLEET_TEST_REGISTRY" >&2
      exit 1 ;;
 esac
@@ -60,7 +73,7 @@ EOF
 # setsid: the registry outlives this script (and a CI step's process group).
 setsid nohup docker-registry serve "$DIR/config.yml" >>"$DIR/registry.log" 2>&1 </dev/null &
 for _ in $(seq 30); do
-  [ "$(status)" = 200 ] && { echo "registry on $ADDR: started (log: $DIR/registry.log)"; exit 0; }
+  [ "$(status)" = "200 401" ] && { echo "registry on $ADDR: started (log: $DIR/registry.log)"; exit 0; }
   sleep 1
 done
 echo "the registry on $ADDR did not come up; its log:" >&2
