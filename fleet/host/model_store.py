@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fleet.errors import BuildError, FleetError
 from fleet.host.environment import HOST, LOCAL_HOME, HostEnvironment
+from fleet.host.locks import locked
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
 
@@ -55,8 +56,13 @@ class ModelStore:
             "metadata": {"model_uri": resolved.model_uri, "run_id": resolved.run_id},
         }
         try:
-            registry.check_access()
-            registry.call("import-model", request, extra_env=self.env())
+            # Two callers importing one model into one store (parallel profiles, two
+            # commands) wait for each other; the second finds it imported.
+            with locked(f"import-{tag.replace(':', '-')}"):
+                if self.has_model(tag):
+                    return tag
+                registry.check_access()
+                registry.call("import-model", request, extra_env=self.env())
         except FleetError as exc:
             raise BuildError(
                 f"model '{resolved.name}': cannot import {resolved.model_uri} into BentoML: {exc}"
