@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 from pydantic import create_model as _create_model
+from pydantic_core import PydanticKnownError
 
 ColumnType = Literal["double", "float", "long", "integer", "boolean", "string"]
 SUPPORTED_TYPES: tuple[str, ...] = ("double", "float", "long", "integer", "boolean", "string")
@@ -20,6 +33,9 @@ SUPPORTED_TYPES: tuple[str, ...] = ("double", "float", "long", "integer", "boole
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 _FLOAT32_MAX = 3.4028234663852886e38
+_DOUBLE_MAX = sys.float_info.max
+INTEGER_FORMATS: dict[str, tuple[int, int]] = {"int64": _INT64, "int32": _INT32}
+"""The OpenAPI format of each integer column type (long, integer) and its exact bounds."""
 
 
 @dataclass(frozen=True)
@@ -38,22 +54,79 @@ class Column:
         return Column(name=data["name"], type=data["type"], required=data.get("required", True))
 
 
+def _whole_number(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # JSON Schema counts 252.0 as an integer; the model server gets it as 252.
+    if type(value) is float and value.is_integer():
+        return handler(int(value))
+    return handler(value)
+
+
+def _exact_range(bound: float) -> WrapValidator:
+    """Refuse a JSON integer past +-`bound` before it becomes a float: one just past it
+    would round onto the bound and pass, where a JSON Schema checker compares it exactly
+    with the bound as published (its shortest decimal form)."""
+    exact = int(Decimal(repr(bound)))
+
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if type(value) is int and value > exact:
+            raise PydanticKnownError("less_than_equal", {"le": bound})
+        if type(value) is int and value < -exact:
+            raise PydanticKnownError("greater_than_equal", {"ge": -bound})
+        return handler(value)
+
+    return WrapValidator(check)
+
+
+def _integer(bounds: tuple[int, int], openapi_format: str) -> Any:
+    extra: dict[str, Any] = {"format": openapi_format}
+    limits = Field(ge=bounds[0], le=bounds[1], json_schema_extra=extra)
+    return Annotated[StrictInt, limits, WrapValidator(_whole_number)]
+
+
+def _number(bound: float) -> Any:
+    limits = Field(allow_inf_nan=False, strict=True, ge=-bound, le=bound)
+    return Annotated[float, limits, _exact_range(bound)]
+
+
+def exact_integer_bounds(node: Any) -> Any:
+    """`node` (a JSON schema, or a whole OpenAPI document) with the exact bounds of every
+    int32 and int64 integer in it, in place.
+
+    FastAPI's OpenAPI model types `minimum` and `maximum` as floats, which turns 2**63 - 1
+    into 9.223372036854776e18: a checker that believes it lets through values the record
+    model refuses. The `format` each integer column carries says which bounds it has.
+    """
+    if isinstance(node, dict):
+        is_integer = node.get("type") == "integer"
+        bounds = INTEGER_FORMATS.get(node.get("format", "")) if is_integer else None
+        if bounds is not None:
+            node["minimum"], node["maximum"] = bounds
+        for value in node.values():
+            exact_integer_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            exact_integer_bounds(value)
+    return node
+
+
+_TYPES: dict[str, Any] = {
+    "double": _number(_DOUBLE_MAX),
+    "float": _number(_FLOAT32_MAX),
+    "long": _integer(_INT64, "int64"),
+    "integer": _integer(_INT32, "int32"),
+    "boolean": StrictBool,
+    "string": StrictStr,
+}
+"""Per column type, what a record's field accepts: exactly what the published JSON
+Schema (OpenAPI) allows, so that a schema-valid value is never refused nor an invalid
+one taken. Unknown fields, wrong types, NaN and infinity are refused."""
+
+
 def _python_type(col: Column) -> Any:
-    if col.type == "double":
-        return Annotated[float, Field(allow_inf_nan=False, strict=True)]
-    if col.type == "float":
-        return Annotated[
-            float, Field(allow_inf_nan=False, strict=True, ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)
-        ]
-    if col.type == "long":
-        return Annotated[StrictInt, Field(ge=_INT64[0], le=_INT64[1])]
-    if col.type == "integer":
-        return Annotated[StrictInt, Field(ge=_INT32[0], le=_INT32[1])]
-    if col.type == "boolean":
-        return StrictBool
-    if col.type == "string":
-        return StrictStr
-    raise ValueError(f"column '{col.name}': type '{col.type}' is not supported")
+    typ = _TYPES.get(col.type)
+    if typ is None:
+        raise ValueError(f"column '{col.name}': type '{col.type}' is not supported")
+    return typ
 
 
 class _Record(BaseModel):

@@ -2,7 +2,10 @@
 
 The same model server and router code as in the images, as local processes: one model
 server per model on a free port, the router in front with the same routes config format
-the Pulumi program puts in a ConfigMap.
+the Pulumi program puts in a ConfigMap. While it runs, a model server that dies or stops
+answering is said so and started again on its port (`fleet.host.watch`); the router's
+`/readyz` names its routes while it is down. Ctrl-C or SIGTERM stops every process of the
+fleet, including what killed servers left behind (`fleet.host.processes.adopt_orphans`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import time
 from types import FrameType
 from typing import Any
 
@@ -21,8 +23,16 @@ from fleet.errors import FleetError
 from fleet.host.environment import LOCAL_HOME
 from fleet.host.model_server import server_command
 from fleet.host.model_store import ModelStore
-from fleet.host.processes import Child, Supervisor, free_port, port_is_free
+from fleet.host.processes import (
+    Child,
+    Supervisor,
+    adopt_orphans,
+    free_port,
+    port_is_free,
+    stop_descendants,
+)
 from fleet.host.registry import Registry
+from fleet.host.watch import Keeper
 from fleet.resolved import ResolvedModel
 from fleet.routes import build_routes_config
 from fleet.schema import random_records
@@ -63,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = LOCAL_HOME / "serve" / str(os.getpid())
     sup = Supervisor(log_dir=run_dir / "logs")
+    adopt_orphans()
     _stop_on_signals()
+    keeper: Keeper | None = None
     try:
         servers: dict[str, Child] = {}
         tags: dict[str, str] = {}
@@ -123,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
             _say(f"error: the router did not start ({router.error}); its log:\n{router.log_tail()}")
             return 1
         _summary(router.url, resolved, servers, fleet.experiments)
-        while router.alive():
-            time.sleep(0.5)
+        up = [c for c in servers.values() if c.ready]
+        keeper = Keeper(sup, up, say=_say, start_timeout_s=args.ready_timeout)
+        keeper.run(until=lambda: not router.alive())
         _say(f"the router stopped; its log:\n{router.log_tail()}")
         return 1
     except _Stop:
@@ -134,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
         # A second Ctrl-C must not cut the clean-up short and leave orphans.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if keeper is not None:
+            keeper.close()
         sup.stop_all()
+        stop_descendants()
 
 
 class _Stop(Exception):

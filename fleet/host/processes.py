@@ -2,9 +2,14 @@
 
 The one supervisor of the host layer (`fleet serve`, the profiler's process backend and
 the tests use it). Every child runs in its own session (process group), so stopping it
-stops the workers it forked too; processes that left the group are found by walking the
-process tree before the group is signalled. On Linux each child also gets
-PR_SET_PDEATHSIG, so that even a parent killed with SIGKILL takes its children with it.
+stops the workers it forked too. Processes that left the group are found before it is
+signalled: by walking the process tree, by the processes it was seen with before
+(`Child.remember`: BentoML starts each worker in a session of its own, so once the
+server process is killed nothing else links them to it), and by its session. On Linux
+each child also gets PR_SET_PDEATHSIG, so that even a parent killed with SIGKILL takes
+its children with it, and a long-running parent (`fleet serve`) can `adopt_orphans`:
+whatever its children leave behind becomes its own child, so `stop_descendants` finds it
+whatever was killed before.
 
 `wait_ready` is the one readiness wait: it polls a path on any number of targets (a
 child, a container, any URL) until each answers 200, exits, or the time is up.
@@ -31,6 +36,7 @@ import psutil
 from fleet.host.environment import child_env
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
@@ -53,6 +59,43 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 def _die_with_parent() -> None:
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def adopt_orphans() -> bool:
+    """Make this process the reaper of its descendants' orphans (Linux; else False).
+
+    A worker whose parent died is then re-parented to this process instead of to init,
+    so it stays among this process's descendants (`stop_descendants`). Call `reap`
+    now and then: adopted processes that exit are this process's zombies.
+    """
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0)
+
+
+def reap(keep: Sequence[Child] = ()) -> None:
+    """Collect adopted children that exited (not `keep`'s: their Popen waits for them)."""
+    ours = {child.pid for child in keep}
+    with contextlib.suppress(psutil.Error):
+        for process in psutil.Process().children():
+            if process.pid not in ours and process.status() == psutil.STATUS_ZOMBIE:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(process.pid, os.WNOHANG)
+
+
+def stop_descendants(grace_s: float = 5.0) -> None:
+    """SIGTERM every process below this one, SIGKILL what is left after `grace_s`."""
+    left = psutil.Process().children(recursive=True)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+            process.resume()  # a stopped process handles SIGTERM only once continued
+    _gone, alive = psutil.wait_procs(left, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    reap()
 
 
 class Watched(Protocol):
@@ -149,6 +192,13 @@ class Child:
     proc: subprocess.Popen[bytes]
     ready: bool = False
     error: str = ""
+    argv: list[str] = field(default_factory=list)
+    """What started it (so that `Supervisor.restart` can start it again)."""
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    starts: int = 1
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
+    """Processes found below it so far (`remember`): still found once their parent died."""
 
     @property
     def pid(self) -> int:
@@ -160,6 +210,13 @@ class Child:
     def exited(self) -> str | None:
         code = self.proc.poll()
         return None if code is None else f"the process exited with code {code}"
+
+    def remember(self) -> None:
+        """Note the processes below it now. BentoML starts its workers in sessions of
+        their own: when the server process is killed, only this finds them."""
+        with contextlib.suppress(psutil.Error):
+            for process in psutil.Process(self.pid).children(recursive=True):
+                self.seen.setdefault(process.pid, process)
 
     def log_lines(self, lines: int = 20) -> list[str]:
         return tail_lines(self.log_path, lines)
@@ -190,20 +247,22 @@ class Supervisor:
         """Start `argv` in `cwd` with `child_env(env)`; its output goes to `<name>.log`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                env=child_env(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = Child(name=name, url=url, log_path=log_path, proc=proc)
+        proc = _popen(argv, env, cwd, log_path, "wb")
+        child = Child(name, url, log_path, proc, argv=argv, env=env, cwd=cwd)
         self.children.append(child)
         return child
+
+    def restart(self, child: Child, grace_s: float = 3.0) -> None:
+        """Stop what is left of `child` and start it again, the same way (same port);
+        its log goes on in the same file. Call it from the thread that started it:
+        PR_SET_PDEATHSIG follows the thread that forked."""
+        _stop([child], grace_s)
+        child.seen.clear()
+        child.starts += 1
+        with child.log_path.open("ab") as log:
+            log.write(f"\n--- fleet: start {child.starts} ---\n".encode())
+        child.proc = _popen(child.argv, child.env, child.cwd, child.log_path, "ab")
+        child.ready, child.error = False, ""
 
     def wait_ready(
         self,
@@ -227,16 +286,47 @@ class Supervisor:
         self.children.clear()
 
 
+def _popen(
+    argv: list[str], env: dict[str, str], cwd: Path | None, log_path: Path, mode: str
+) -> subprocess.Popen[bytes]:
+    with log_path.open(mode) as log:
+        return subprocess.Popen(
+            argv,
+            env=child_env(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _members(child: Child) -> list[psutil.Process]:
+    """The processes of `child`: its tree now, those it was seen with (`remember`), and
+    whatever is still in its session (workers in process groups of their own)."""
+    pid = child.pid
+    found = {p.pid: p for p in child.seen.values() if p.is_running()}
+    with contextlib.suppress(psutil.Error):
+        found.update({p.pid: p for p in psutil.Process(pid).children(recursive=True)})
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError):
+            # A session id is not reused while a member lives, so this is the child's.
+            if process.pid != pid and os.getsid(process.pid) == pid:
+                found.setdefault(process.pid, process)
+    return list(found.values())
+
+
 def _stop(children: Sequence[Child], grace_s: float) -> None:
-    # Workers that left the group would outlive it: list the whole tree first.
-    trees = {}
-    for child in children:
-        try:
-            trees[child.pid] = psutil.Process(child.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            trees[child.pid] = []
+    # Workers that left the group would outlive it: list them all first.
+    trees = {child.pid: _members(child) for child in children}
     for child in children:
         _signal_group(child.pid, signal.SIGTERM)
+        _signal_group(child.pid, signal.SIGCONT)  # a stopped group handles SIGTERM only now
+        for process in trees[child.pid]:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+                process.resume()
     deadline = time.monotonic() + grace_s
     for child in children:
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-connections", type=int, default=512, help="size of the backend connection pool"
     )
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=2.0,
+        help="seconds between health checks of the model servers (0: none)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
@@ -28,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except RoutesConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(config, max_connections=args.max_connections)
+    app = create_app(
+        config, max_connections=args.max_connections, health_interval_s=args.health_interval
+    )
     uvicorn.run(
         app,
         host=args.host,

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from fleet.router.coalesce import Coalescer
 from fleet.router.config import RoutesConfig, parse_routes_config
 from fleet.router.endpoints import Handler, ModelRoute, PathEndpoint, make_route, target
+from fleet.router.health import BackendHealth
 from fleet.router.metrics import UNMATCHED, RouterMetrics
 from fleet.router.proxy import Proxy
 from fleet.router.validation import RouteSchema, merged_columns
 from fleet.router.variants import Split
+from fleet.schema import exact_integer_bounds
 
+log = logging.getLogger("fleet.router")
 _JSON = "application/json"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouterApp(FastAPI):
@@ -36,6 +44,12 @@ class RouterApp(FastAPI):
 
     fast: dict[str, Handler]
 
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, with the integer columns' bounds exact (not floats)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = exact_integer_bounds(super().openapi())
+        return self.openapi_schema
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             handler = self.fast.get(scope["path"])
@@ -45,9 +59,16 @@ class RouterApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 512) -> FastAPI:
+def create_app(
+    config: dict[str, Any] | RoutesConfig,
+    *,
+    max_connections: int = 512,
+    health_interval_s: float = 2.0,
+) -> FastAPI:
     """The router for `config` (a routes config dict or a loaded `RoutesConfig`).
 
+    Every `health_interval_s` (0: never) it checks each model server's `/readyz`; the
+    routes of those that fail are named by its own `/readyz`.
     Raises `RoutesConfigError` naming the field when the config is not valid.
     """
     cfg = config if isinstance(config, RoutesConfig) else parse_routes_config(config)
@@ -55,14 +76,33 @@ def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 
     backends = Coalescer(proxy, cfg.limits.backend_calls, cfg.limits.max_batch)
     metrics = RouterMetrics()
     state = {"ready": False}
+    models_of: dict[str, list[str]] = {}
+    for r in cfg.routes:
+        models_of.setdefault(r.backend, []).append(r.model)
+        metrics.backend_up(r.model, True)
+
+    def changed(backend: str, problem: str | None) -> None:
+        for model in models_of[backend]:
+            metrics.backend_up(model, problem is None)
+        if problem is None:
+            log.warning("model server %s answers again", backend)
+        else:
+            log.warning("model server %s is down: %s", backend, problem)
+
+    health = BackendHealth([r.backend for r in cfg.routes], health_interval_s, changed)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watch = asyncio.create_task(health.run()) if health_interval_s > 0 else None
         state["ready"] = True
         try:
             yield
         finally:
             state["ready"] = False
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await proxy.aclose()
 
     app = RouterApp(
@@ -88,20 +128,57 @@ def create_app(config: dict[str, Any] | RoutesConfig, *, max_connections: int = 
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Starting or stopping"}},
+    )
     async def readyz() -> Response:
-        """Serving: the config is loaded and the connection pool is open."""
+        """Serving: the config is loaded and the connection pool is open. Routes whose
+        model server failed its last health check are named in `down` (the router
+        still serves the others, so it stays ready)."""
         ok = state["ready"]
-        body = {"status": "ready" if ok else "starting", "routes": len(cfg.routes)}
+        down = _down_routes(cfg, health.down)
+        status = ("degraded" if down else "ready") if ok else "starting"
+        body = {"status": status, "routes": len(cfg.routes), "down": down}
         return Response(json.dumps(body), status_code=200 if ok else 503, media_type=_JSON)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
-        """Prometheus metrics."""
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        """Prometheus metrics, in its text format (version 0.0.4)."""
+        return Response(metrics.render(), media_type=_PROMETHEUS)
 
     _error_handlers(app, metrics)
     return app
+
+
+class Readiness(BaseModel):
+    """The router's readiness, and the routes it cannot serve right now."""
+
+    status: str
+    """ready, degraded (some routes are down), or starting."""
+    routes: int
+    """Model routes in the config."""
+    down: dict[str, str] = {}
+    """Route path -> why: its model server (or an experiment's variant) failed its
+    last health check."""
+
+
+def _down_routes(cfg: RoutesConfig, down: dict[str, str]) -> dict[str, str]:
+    if not down:
+        return {}
+    out = {r.path: f"{r.model}: {down[r.backend]}" for r in cfg.routes if r.backend in down}
+    for e in cfg.experiments:
+        failing = [v.model for v in e.variants if cfg.route_for(v.model).backend in down]
+        if failing:
+            out[e.path] = "variant down: " + ", ".join(failing)
+    return out
 
 
 def _endpoints(cfg: RoutesConfig) -> list[tuple[PathEndpoint, list[str]]]:

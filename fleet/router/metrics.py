@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 UNMATCHED = "(unmatched)"
 # Loopback hops are sub-millisecond; model calls reach seconds under overload.
@@ -35,6 +35,12 @@ class RouterMetrics:
             ["route", "model", "kind"],
             registry=self.registry,
         )
+        self.up = Gauge(
+            "fleet_router_backend_up",
+            "1 when the model's server answered its last health check (GET /readyz), else 0.",
+            ["model"],
+            registry=self.registry,
+        )
 
         # The children of each label set, looked up once (`labels()` takes a lock and
         # builds its key on every call).
@@ -54,6 +60,9 @@ class RouterMetrics:
 
     def backend_error(self, route: str, model: str, kind: str) -> None:
         self.backend_errors.labels(route, model, kind).inc()
+
+    def backend_up(self, model: str, up: bool) -> None:
+        self.up.labels(model).set(1 if up else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

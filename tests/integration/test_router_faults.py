@@ -7,6 +7,9 @@ stand-ins (`tests.support.echo_backend`), each a uvicorn child process.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +122,35 @@ def test_backend_errors_are_counted_by_kind(rig: dict[str, Served]) -> None:
     for kind, model in [("connect", "m_gone"), ("rejected", "m_ok"), ("status", "fail_m")]:
         assert f'fleet_router_backend_errors_total{{kind="{kind}",model="{model}"' in text
     assert 'route="/hang",status="504",variant="hang_m"' in text
+
+
+def _readiness_until(router: Served, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """GET /readyz until `done(body)`; the router checks model servers every 2 s."""
+    body: dict[str, Any] = {}
+    for _ in range(100):
+        resp = httpx.get(router.url + "/readyz", timeout=10)
+        assert resp.status_code == 200, resp.text  # the router serves the other routes
+        body = resp.json()
+        if done(body):
+            return body
+        time.sleep(0.2)
+    pytest.fail(f"/readyz never got there: {body}")
+
+
+def test_readyz_names_the_routes_whose_model_server_is_down(rig: dict[str, Served]) -> None:
+    router, backend = rig["router"], rig["restartable"]
+    body = _readiness_until(router, lambda b: "/refused" in b["down"])
+    assert body["status"] == "degraded"
+    assert body["down"]["/refused"].startswith("m_gone: cannot connect")
+    assert "/ok" not in body["down"] and "/restart" not in body["down"]
+    metrics = httpx.get(router.url + "/metrics", timeout=10).text
+    assert 'fleet_router_backend_up{model="m_gone"} 0.0' in metrics
+    assert 'fleet_router_backend_up{model="m_ok"} 1.0' in metrics
+    backend.stop()
+    try:
+        body = _readiness_until(router, lambda b: "/restart" in b["down"])
+        assert _post(router, "/ok").status_code == 200
+    finally:
+        backend.start()
+    body = _readiness_until(router, lambda b: "/restart" not in b["down"])
+    assert set(body["down"]) == {"/refused"}

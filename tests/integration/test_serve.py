@@ -1,13 +1,18 @@
-"""End to end: `fleet serve` as a user runs it, every route called, stopped with SIGTERM."""
+"""End to end: `fleet serve` as a user runs it, every route called, model servers killed
+and frozen under load and healed, stopped with SIGTERM leaving no process behind."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,16 +29,22 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
+RUN_MARK = "FLEET_TEST_SERVE_RUN"
+"""An environment variable every process of the served fleet inherits: how the test finds
+them all, whatever their parent, process group or session."""
+
 
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory, demo_home: Path, model_store: ModelStore
-) -> Iterator[tuple[str, Child]]:
+) -> Iterator[tuple[str, Child, str]]:
     """`fleet serve` in a fresh working folder whose default registry holds the demo.
 
     Its environment has no MLFLOW_* variables (the default local registry is used) and
-    the session's BentoML store (models imported once).
+    the session's BentoML store (models imported once). Yields the router's URL, the
+    `fleet serve` process and the mark its processes carry (`RUN_MARK`).
     """
+    mark = secrets.token_hex(8)
     work = tmp_path_factory.mktemp("serve")
     (work / ".fleet").mkdir()
     shutil.copy(demo_home / "mlflow.db", work / ".fleet" / "mlflow.db")
@@ -46,7 +57,7 @@ def served(
         proc = subprocess.Popen(
             [*argv, "--ready-timeout", "600"],
             cwd=work,
-            env=child_env(model_store.env()),
+            env=child_env({**model_store.env(), RUN_MARK: mark}),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -55,7 +66,7 @@ def served(
     child = Child(name="fleet serve", url=f"http://127.0.0.1:{port}", log_path=log, proc=proc)
     try:
         _wait_for_summary(child)
-        yield child.url, child
+        yield child.url, child, mark
     finally:
         child.stop()
 
@@ -74,9 +85,9 @@ def _wait_for_summary(child: Child, timeout_s: float = 900) -> None:
 
 
 def test_summary_names_router_swagger_and_one_curl_per_route(
-    served: tuple[str, Child], demo_fleet: Fleet
+    served: tuple[str, Child, str], demo_fleet: Fleet
 ) -> None:
-    url, child = served
+    url, child, _ = served
     text = child.log_path.read_text()
     assert f"router: {url}" in text
     assert f"{url}/docs" in text
@@ -86,7 +97,7 @@ def test_summary_names_router_swagger_and_one_curl_per_route(
 
 
 def test_every_route_answers_with_its_model(
-    served: tuple[str, Child], demo_resolved: list[ResolvedModel]
+    served: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
 ) -> None:
     url = served[0]
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -101,7 +112,7 @@ def test_every_route_answers_with_its_model(
 
 
 def test_experiment_route_is_sticky_and_bad_input_is_refused(
-    served: tuple[str, Child],
+    served: tuple[str, Child, str],
     demo_fleet: Fleet,
     demo_resolved: list[ResolvedModel],
 ) -> None:
@@ -123,11 +134,130 @@ def test_experiment_route_is_sticky_and_bad_input_is_refused(
         assert "route_decision_score" in bad.text
 
 
-def test_sigterm_stops_every_process_it_started(served: tuple[str, Child]) -> None:
-    _, child = served
-    started = psutil.Process(child.pid).children(recursive=True)
-    assert len(started) >= 11  # ten model servers and the router, plus their workers
+def _fleet_processes(mark: str) -> list[psutil.Process]:
+    """Every process on the machine that carries the served fleet's mark."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(RUN_MARK) == mark and process.status() != "zombie":
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _server_tree(child: Child, name: str) -> list[psutil.Process]:
+    """The processes of model server `name`: found by the port `fleet serve` printed."""
+    port = re.search(rf"ready: {name} \(http://127\.0\.0\.1:(\d+)\)", child.log_path.read_text())
+    assert port is not None, child.log_tail(40)
+    for process in psutil.Process(child.pid).children(recursive=True):
+        with_port = ["--port", port.group(1)]
+        cmdline = process.cmdline()
+        if any(cmdline[i : i + 2] == with_port for i in range(len(cmdline))):
+            return [process, *process.children(recursive=True)]
+    raise AssertionError(f"no process of {name} on port {port.group(1)}")
+
+
+def _until(what: str, done: Callable[[], bool], timeout_s: float, child: Child) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}\n{child.log_tail(40)}")
+        time.sleep(0.5)
+
+
+def _load(
+    url: str, bodies: dict[str, object], seen: dict[str, Counter[int]], stop: threading.Event
+) -> None:
+    """Call every route of `bodies` in turn until `stop` (at most 10 minutes)."""
+    deadline = time.monotonic() + 600
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while not stop.is_set() and time.monotonic() < deadline:
+            for path, body in bodies.items():
+                seen[path][client.post(path, json=body).status_code] += 1
+
+
+def test_killed_and_frozen_model_servers_come_back_while_the_rest_serves(
+    served: tuple[str, Child, str], demo_fleet: Fleet, demo_resolved: list[ResolvedModel]
+) -> None:
+    url, child, _ = served
+    in_experiments = {v.model for e in demo_fleet.experiments for v in e.variants}
+    killed, frozen = [r for r in demo_resolved if r.name not in in_experiments][:2]
+    victims = {killed.model.route, frozen.model.route}
+    bodies: dict[str, object] = {
+        r.model.route: random_records(r.inputs, 2, seed=5) for r in demo_resolved
+    }
+    by_name = {r.name: r for r in demo_resolved}
+    for e in demo_fleet.experiments:
+        bodies[e.route] = random_records(by_name[e.variants[0].model].inputs, 2, seed=5)
+    seen: dict[str, Counter[int]] = {path: Counter() for path in bodies}
+    stop = threading.Event()
+    others = {p: b for p, b in bodies.items() if p not in victims}
+    loads = [
+        threading.Thread(target=_load, args=(url, others, seen, stop)),
+        threading.Thread(target=_load, args=(url, others, seen, stop)),
+        threading.Thread(target=_load, args=(url, {p: bodies[p] for p in victims}, seen, stop)),
+    ]
+    for thread in loads:
+        thread.start()
+    try:
+        time.sleep(1)
+        hung = _server_tree(child, frozen.name)
+        for process in hung:
+            process.suspend()  # SIGSTOP: it still accepts connections, answers nothing
+        # Only the server process: its worker (in a session of its own) is orphaned,
+        # keeps running and holds the port until fleet serve stops it.
+        server, *orphans = _server_tree(child, killed.name)
+        assert orphans, "the model server has no worker process"
+        server.kill()
+
+        def down() -> dict[str, str]:
+            return dict(httpx.get(url + "/readyz", timeout=10).json()["down"])
+
+        _until("/readyz names both routes", lambda: victims <= set(down()), 60, child)
+        text = child.log_path.read_text()
+        assert f"DOWN: {killed.name} (the process exited" in text
+        assert f"DOWN: {frozen.name} (GET /readyz got no answer" in text
+        _until("both are back", lambda: not down(), 600, child)
+        for path in victims:
+            _until(f"{path} answers", lambda p=path: seen[p][200] > 0, 60, child)
+    finally:
+        stop.set()
+        for thread in loads:
+            thread.join()
+    text = child.log_path.read_text()
+    assert f"ready again: {killed.name}" in text and f"ready again: {frozen.name}" in text
+    for process in [*hung, *orphans]:
+        assert not process.is_running() or process.status() == "zombie", process
+    for path in others:
+        assert seen[path][200] > 0 and set(seen[path]) == {200}, (path, seen[path])
+    assert {p: seen[p] for p in victims} and all(seen[p][200] for p in victims)
+
+
+def test_sigterm_leaves_no_process_behind_whatever_was_killed_before(
+    served: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
+) -> None:
+    _, child, mark = served
+    # BentoML restarts a killed worker, in a session of its own (unless its server stops
+    # answering long enough for fleet serve to restart the whole server first).
+    server, *workers = _server_tree(child, demo_resolved[-1].name)
+    assert workers, "the model server has no worker process"
+    workers[-1].kill()
+
+    def restarted() -> bool:
+        try:
+            return any(p.pid != workers[-1].pid for p in server.children(recursive=True))
+        except psutil.NoSuchProcess:
+            return True
+
+    _until("the worker or its server is restarted", restarted, 60, child)
+    # And a server process killed just before the stop leaves its worker orphaned.
+    orphaned, *_ = _server_tree(child, demo_resolved[-2].name)
+    orphaned.kill()
+    fleet = _fleet_processes(mark)
+    assert len(fleet) >= 12  # fleet serve, ten model servers, the router, their workers
     child.proc.send_signal(signal.SIGTERM)
     assert child.proc.wait(timeout=60) == 0, child.log_tail(40)
-    _gone, alive = psutil.wait_procs(started, timeout=15)
-    assert not alive, [p.pid for p in alive]
+    _gone, alive = psutil.wait_procs(fleet, timeout=15)
+    assert not alive, [(p.pid, p.cmdline()) for p in alive]
+    assert _fleet_processes(mark) == []

@@ -21,6 +21,7 @@ from fleet.schema import (
     Column,
     batch_model,
     columns_from_signature,
+    exact_integer_bounds,
     random_records,
     record_model,
     validate_records,
@@ -96,7 +97,8 @@ def test_nan_from_json_is_refused(literal: str) -> None:
         ("temperature", True),  # a bool for a double
         ("ratio", 1e39),  # beyond float32
         ("hour_of_week", True),  # a bool for a long
-        ("hour_of_week", 3.0),  # a float for a long
+        ("hour_of_week", 3.5),  # a fraction for a long
+        ("hour_of_week", 2.0**63),  # a whole float beyond int64
         ("hour_of_week", "3"),  # a string for a long
         ("hour_of_week", 2**63),  # beyond int64
         ("count", 2**31),  # beyond int32
@@ -109,6 +111,43 @@ def test_nan_from_json_is_refused(literal: str) -> None:
 def test_wrong_types_are_refused_naming_the_column(column: str, value: Any) -> None:
     ((loc, _msg),) = errors(Record, {**GOOD, column: value})
     assert loc == (column,)
+
+
+def test_bounds_are_exactly_the_published_ones() -> None:
+    """What JSON Schema allows, the record model takes, and nothing more: the OpenAPI
+    contract (tests/integration/test_router_contract.py checks it from outside)."""
+    taken = Record.model_validate_json(json.dumps({**GOOD, "hour_of_week": 2**63 - 1}))
+    assert taken.model_dump(by_alias=True)["hour_of_week"] == 2**63 - 1
+    assert errors(Record, {**GOOD, "hour_of_week": -(2**63) - 1})
+    # JSON Schema counts 3.0 as an integer: taken, and forwarded as 3.
+    whole = Record.model_validate_json(json.dumps({**GOOD, "hour_of_week": 3.0, "count": -2.0}))
+    assert whole.model_dump(by_alias=True) | {"note": None} == {
+        **GOOD,
+        "hour_of_week": 3,
+        "count": -2,
+        "note": None,
+    }
+    # An integer just past the largest double would round onto it: refused, as the
+    # published maximum (1.7976931348623157e+308, read as a decimal) says.
+    published = 17976931348623157 * 10**292
+    assert Record.model_validate({**GOOD, "temperature": published})
+    ((loc, msg),) = errors(Record, {**GOOD, "temperature": published + 1})
+    assert loc == ("temperature",) and "less than or equal to" in msg
+    assert errors(Record, {**GOOD, "ratio": -(34028234663852886 * 10**22) - 1})
+
+
+def test_integer_bounds_are_published_exactly() -> None:
+    schema = exact_integer_bounds(json.loads(json.dumps(Record.model_json_schema())))
+    props = schema["properties"]
+    assert props["hour_of_week"]["format"] == "int64"
+    assert (props["hour_of_week"]["minimum"], props["hour_of_week"]["maximum"]) == (
+        -(2**63),
+        2**63 - 1,
+    )
+    assert (props["count"]["minimum"], props["count"]["maximum"]) == (-(2**31), 2**31 - 1)
+    # FastAPI's OpenAPI model turns them into floats; they are put back.
+    floated = {"type": "integer", "format": "int64", "minimum": -9.2e18, "maximum": 9.2e18}
+    assert exact_integer_bounds({"anyOf": [floated]})["anyOf"][0]["maximum"] == 2**63 - 1
 
 
 def test_extra_and_missing_fields_are_refused_by_name() -> None:
