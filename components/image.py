@@ -17,7 +17,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components.config import RegistryAuth
-from components.wire import plain, resolved_of
+from components.wire import outputs_of, plain, resolved_of
 from fleet.host import docker_cli
 from fleet.host.images import BuildSettings, build_image, content_hash
 from fleet.host.registry import Registry
@@ -127,8 +127,7 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
         username=props.get("mlflow_username") or None,
         password=props.get("mlflow_password") or None,
     )
-    secrets = ("registry_password", "mlflow_token", "mlflow_password")
-    outs = {k: v for k, v in props.items() if k not in secrets and not k.startswith("__")}
+    outs = outputs_of(props)
     # The tag is the content hash: when the registry holds it, the image was built from
     # these inputs already (another stack, a lost cache): nothing is built or pushed.
     pushed = docker_cli.remote_digest(props["image_ref"], login) if props.get("push") else None

@@ -20,7 +20,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateRes
 
 from components.config import RegistryAuth
 from components.image import login_of
-from components.wire import plain, resolved_of
+from components.wire import outputs_of, plain, resolved_of
 from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
 
@@ -29,9 +29,8 @@ MEASURE_KEYS = ("image", "content_hash", "requests")
 # Inputs whose change only needs the recommendation re-derived from the measurement.
 POLICY_KEYS = ("memory",)
 NUMBERS = ("request_mib", "limit_mib", "idle_mib", "p95_mib", "peak_mib")
-# Inputs never copied to the outputs. Credentials are in none of the key lists above: a
-# rotated password measures nothing again.
-SECRETS = ("registry_password",)
+# Credentials are in none of the key lists above: a rotated password measures nothing
+# again (and `wire.outputs_of` never copies them to the outputs).
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def _outputs(
     props: dict[str, Any], request: int, limit: int, stats: dict[str, float], summary: str
 ) -> dict[str, Any]:
     # The password stays an input (a secret in state), never a plain output.
-    outs = {k: v for k, v in props.items() if k not in SECRETS and not k.startswith("__")}
+    outs = outputs_of(props)
     outs.update(stats, request_mib=int(request), limit_mib=int(limit), summary=summary)
     return outs
 

@@ -17,7 +17,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateRes
 
 from components.config import RegistryAuth
 from components.image import deployable_ref, login_of, settings_from_dict, settings_to_dict
-from components.wire import plain
+from components.wire import outputs_of, plain
 from fleet.host import docker_cli
 from fleet.host.images import BuildSettings, build_router_image, router_hash, router_ref
 
@@ -54,7 +54,7 @@ def build_and_push_router(props: dict[str, Any]) -> dict[str, Any]:
     settings = settings_from_dict(props["build"], login)
     result = build_router_image(props["image_ref"], settings)
     pushed = docker_cli.push(result.image_ref, login) if props.get("push") else ""
-    outs = {k: v for k, v in props.items() if k != "registry_password" and not k.startswith("__")}
+    outs = outputs_of(props)
     ref = deployable_ref(result.image_ref, pushed)
     outs.update(image_id=result.image_id, digest=pushed, built=result.built, image=ref)
     return outs

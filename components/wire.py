@@ -40,6 +40,16 @@ def unknown(value: Any) -> bool:
     return False
 
 
+SECRET_INPUTS = ("registry_password", "mlflow_token", "mlflow_password")
+"""Inputs that stay inputs (secrets in the state) and never become plain outputs."""
+
+
+def outputs_of(props: dict[str, Any]) -> dict[str, Any]:
+    """A provider's (plain) inputs as the start of its outputs: without the secrets and
+    without the engine's own keys (`__provider`)."""
+    return {k: v for k, v in props.items() if k not in SECRET_INPUTS and not k.startswith("__")}
+
+
 def resolved_of(props: dict[str, Any]) -> ResolvedModel:
     """The model of a provider's inputs; ConfigError naming the model when unreadable."""
     data = plain(props.get("model"))

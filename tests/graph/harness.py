@@ -26,11 +26,11 @@ import pulumi
 from pulumi.runtime.mocks import MockMonitor
 
 from components.config import IngressConfig, RegistryAuth, RouterConfig, StackConfig
+from components.wire import SECRET_INPUTS
 
 IMAGE_TYPE = "pulumi-python:dynamic/fleet:ModelImage"
 PROFILE_TYPE = "pulumi-python:dynamic/fleet:MemoryProfile"
 ROUTER_IMAGE_TYPE = "pulumi-python:dynamic/fleet:RouterImage"
-SECRET_INPUTS = ("registry_password", "mlflow_token", "mlflow_password")
 PRODUCTION_NAMESPACE = "fleet"
 """The namespace of `stack_config()`."""
 
