@@ -6,7 +6,8 @@
 #   FLEET_TEST_REGISTRY           host:port           (default 127.0.0.1:5000)
 #   FLEET_TEST_REGISTRY_USER      htpasswd user       (default fleet-test)
 #   FLEET_TEST_REGISTRY_PASSWORD  its password        (default fleet-test-password)
-#   FLEET_TEST_REGISTRY_DIR       config, htpasswd, blobs and log (default /var/lib/fleet-test-registry)
+#   FLEET_TEST_REGISTRY_DIR       config, htpasswd, blobs and log (default /var/lib/fleet-test-registry);
+#                                 its blobs are emptied each time a registry is started
 #
 # It serves plain HTTP: Docker allows that for registries on 127.0.0.0/8 without
 # configuration. Needs `docker-registry` and `htpasswd` (apache2-utils); .ci/run installs them.
@@ -52,6 +53,9 @@ case "$(status)" in
      exit 1 ;;
 esac
 
+# What earlier runs pushed is of no use to this one: start empty, so runs never pile up
+# blobs on the disk.
+rm -rf "$DIR/data"
 mkdir -p "$DIR/data"
 htpasswd -Bbc "$DIR/htpasswd" "$REG_USER" "$REG_PASSWORD" 2>/dev/null
 cat >"$DIR/config.yml" <<EOF

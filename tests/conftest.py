@@ -20,9 +20,26 @@ from fleet.host.registry import Registry, local_tracking_uri
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from fleet.specfile import load_fleet
-from tests.support import OciRegistry, Servers, docker_problem, oci_registry
+from tests.support import (
+    OciRegistry,
+    Servers,
+    docker_problem,
+    images_removed_after,
+    oci_registry,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def images_cleaned_up() -> Iterator[None]:
+    """The images the session built are removed at its end (`images_removed_after`);
+    FLEET_TEST_KEEP_IMAGES=1 keeps them, to look at after a run."""
+    if os.environ.get("FLEET_TEST_KEEP_IMAGES") == "1":
+        yield
+        return
+    with images_removed_after():
+        yield
 
 
 @pytest.fixture(scope="session")

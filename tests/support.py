@@ -321,6 +321,27 @@ def docker_problem() -> str | None:
     return None
 
 
+def image_ids() -> set[str]:
+    """The ids of every image the engine holds (none when no engine answers)."""
+    listed = docker_cli.run("images", "--all", "--quiet", "--no-trunc", timeout=60)
+    return set(listed.stdout.decode().split()) if listed.returncode == 0 else set()
+
+
+@contextlib.contextmanager
+def images_removed_after() -> Iterator[None]:
+    """Remove, when the block ends, every image the engine holds that it did not hold
+    when the block began: the tests build model, router and deps images under fresh tags
+    each run, and an engine that kept them would fill the disk run after run."""
+    before = image_ids() if docker_problem() is None else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            made = sorted(image_ids() - before)
+            if made:
+                docker_cli.run("rmi", "--force", *made, timeout=600)
+
+
 @contextlib.contextmanager
 def container(*run_args: str) -> Iterator[str]:
     """`docker run -d RUN_ARGS...`; its id while the block runs, then it is removed."""
