@@ -54,6 +54,29 @@ class Column:
         return Column(name=data["name"], type=data["type"], required=data.get("required", True))
 
 
+# (from, to): every value valid for the first type is valid for the second.
+_WIDENS = {("integer", "long"), ("float", "double")}
+
+
+def feed_problems(given: list[Column], wanted: list[Column]) -> list[str]:
+    """Why records valid for the `given` columns are not all valid input for the `wanted`
+    ones (a shadow model's): a required column missing or optional, or a type that does
+    not take every value of the given one. Columns only `given` has are dropped."""
+    have = {c.name: c for c in given}
+    problems = []
+    for want in wanted:
+        got = have.get(want.name)
+        if got is None:
+            if want.required:
+                problems.append(f"needs column '{want.name}', which the route's records lack")
+            continue
+        if want.required and not got.required:
+            problems.append(f"needs column '{want.name}', optional in the route's records")
+        if got.type != want.type and (got.type, want.type) not in _WIDENS:
+            problems.append(f"column '{want.name}' is {want.type}, the route's is {got.type}")
+    return problems
+
+
 def _whole_number(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     # JSON Schema counts 252.0 as an integer; the model server gets it as 252.
     if type(value) is float and value.is_integer():

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -106,11 +107,25 @@ class Settings(_Strict):
         return value
 
 
+class Shadow(_Strict):
+    """A copy of a route's traffic sent to another model of the fleet, whose answers are
+    compared with the route's and never reach the caller."""
+
+    model: Annotated[str, Field(min_length=1)]
+    """Name of a model of this fleet (deployed like any other)."""
+    percent: Annotated[float, Field(ge=0, le=100)]
+    """Share of the route's valid requests copied to it, in percent."""
+
+
 class ModelEntry(_Strict):
     """One model of the fleet: an MLflow registered model served on one route."""
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
-    """The registered model's name in MLflow."""
+    """The model's name in the fleet, and its registered model's name in MLflow unless
+    `registered_model` says otherwise."""
+    registered_model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The registered model in MLflow, when it is not `name`: two entries can then serve
+    two versions of one registered model (its `champion` and its `challenger`)."""
     version: Annotated[int, Field(ge=1)] | None = None
     """A pinned MLflow model version; give this or `alias`."""
     alias: Annotated[str, Field(min_length=1)] | None = None
@@ -129,6 +144,8 @@ class ModelEntry(_Strict):
     """Overrides fields of `defaults.memory`."""
     autoscaling: dict[str, Any] | None = None
     """Overrides `defaults.autoscaling`."""
+    shadow: Shadow | None = None
+    """Copy a share of this route's requests to another model and compare the answers."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -193,6 +210,8 @@ class Experiment(_Strict):
     """The models that share the traffic, with their weights."""
     sticky_header: str = "X-Sticky-Key"
     """Request header whose value keeps one caller on one variant."""
+    shadow: Shadow | None = None
+    """Copy a share of this route's requests to another model and compare the answers."""
 
     @field_validator("route")
     @classmethod
@@ -232,6 +251,12 @@ class Model(_Strict):
     route: str
     k8s_name: str
     settings: Settings
+    registered_model: str | None = None
+
+    @property
+    def mlflow_name(self) -> str:
+        """The registered model's name in MLflow."""
+        return self.registered_model or self.name
 
 
 class Fleet(_Strict):
@@ -246,6 +271,16 @@ class Fleet(_Strict):
     router: RouterLimits = RouterLimits()
     """Limits the router enforces on every route (`fleet.router.config.RouterLimits`); a
     stack's `fleet:routerLimits` and `fleet routes` flags override single fields."""
+    # Route path -> where its shadow is written (`models.yaml: line 12`), for the errors
+    # found only after the registry answered; noted by `fleet.specfile.parse_fleet`.
+    _shadow_lines: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def note_shadow_line(self, route: str, where: str) -> None:
+        self._shadow_lines[route] = where
+
+    def shadow_line(self, route: str) -> str:
+        """Where the shadow of `route` is written (`models.yaml: line 12`), or ''."""
+        return self._shadow_lines.get(route, "")
 
     def resolved_models(self) -> list[Model]:
         """Models with effective settings; raises SpecError naming every bad override."""
@@ -266,6 +301,7 @@ class Fleet(_Strict):
                     route=entry.route,
                     k8s_name=k8s_name(entry.name),
                     settings=settings,
+                    registered_model=entry.registered_model,
                 )
             )
         if problems:
@@ -301,15 +337,33 @@ class Fleet(_Strict):
         return self.model_copy(update={"router": limits})
 
     def only(self, names: list[str]) -> Fleet:
-        """The fleet cut down to `names`, with the experiments whose variants all remain."""
+        """The fleet cut down to `names`, with the experiments whose variants all remain
+        and the shadows whose model remains."""
         unknown = sorted(set(names) - {m.name for m in self.models})
         if unknown:
             raise SpecError([f"no model named '{n}' in the fleet" for n in unknown])
         keep = set(names)
-        exps = [e for e in self.experiments if all(v.model in keep for v in e.variants)]
-        return self.model_copy(
-            update={"models": [m for m in self.models if m.name in keep], "experiments": exps}
-        )
+
+        def unshadowed(item: _S) -> _S:
+            if item.shadow is None or item.shadow.model in keep:
+                return item
+            return item.model_copy(update={"shadow": None})
+
+        models = [unshadowed(m) for m in self.models if m.name in keep]
+        exps = [unshadowed(e) for e in self.experiments if all(v.model in keep for v in e.variants)]
+        return self.model_copy(update={"models": models, "experiments": exps})
+
+    def shadows(self) -> dict[str, Shadow]:
+        """The shadow of each route that has one: route path -> shadow."""
+        owners: list[ModelEntry | Experiment] = [*self.models, *self.experiments]
+        return {_route_of(o): o.shadow for o in owners if o.shadow is not None}
+
+
+_S = TypeVar("_S", ModelEntry, Experiment)
+
+
+def _route_of(owner: ModelEntry | Experiment) -> str:
+    return owner.route
 
 
 def _carry(error: Any, data: Any = None) -> InitErrorDetails:

@@ -21,6 +21,7 @@ from fleet.spec import (
     Experiment,
     Fleet,
     ModelEntry,
+    Shadow,
     Variant,
     describe_error,
     effective_settings,
@@ -68,6 +69,15 @@ def parse_fleet(text: str, source: str = "models.yaml") -> Fleet:
     if problems or fleet is None:
         problems.sort(key=lambda p: p[0])
         raise SpecError([f"{source}: line {line}: {what}" for line, what in problems])
+    # Where each shadow is written: a shadow that cannot take its route's records is
+    # found only once the registry has given the signatures (fleet.routes).
+    owners = [("models", i, m.route, m.shadow) for i, m in enumerate(fleet.models)]
+    owners += [("experiments", i, e.route, e.shadow) for i, e in enumerate(fleet.experiments)]
+    for key, i, route, shadow in owners:
+        if shadow is not None:
+            fleet.note_shadow_line(
+                route, f"{source}: line {_line(node, (key, i, 'shadow', 'model'))}"
+            )
     return fleet
 
 
@@ -167,7 +177,40 @@ def _cross_check(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
                 problems.append(
                     (vline, f"{who}: variants.{k}.model: no model named '{v.model}' in the fleet")
                 )
+    problems += _shadow_problems(data, node, listed)
     return problems
+
+
+def _shadow_problems(data: dict[str, Any], node: Any, listed: set[str]) -> list[tuple[int, str]]:
+    """Shadows naming no model of the fleet, the route's own model, or a variant."""
+    problems: list[tuple[int, str]] = []
+    for key in ("models", "experiments"):
+        for i, raw in enumerate(_items(data, key)):
+            shadow = raw.get("shadow") if isinstance(raw, dict) else None
+            valid = _valid({"s": [shadow]}, "s", Shadow)
+            if not valid:
+                continue  # reported by the schema
+            name = valid[0][1].model
+            own = {raw.get("name")} if key == "models" else _variant_models(raw)
+            problem = None
+            if name not in listed:
+                problem = f"no model named '{name}' in the fleet"
+            elif name in own:
+                problem = (
+                    f"'{name}' is the route's own model"
+                    if key == "models"
+                    else f"'{name}' is a variant of this experiment: it already answers callers"
+                )
+            if problem:
+                at = _line(node, (key, i, "shadow", "model"))
+                problems.append((at, f"{_who(data, (key, i))}: shadow.model: {problem}"))
+    return problems
+
+
+def _variant_models(raw: dict[str, Any]) -> set[Any]:
+    variants = raw.get("variants")
+    items = variants if isinstance(variants, list) else []
+    return {v.get("model") for v in items if isinstance(v, dict)}
 
 
 def _override_problems(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:

@@ -168,6 +168,20 @@ def by_name(resolved: Sequence[ResolvedModel], name: str) -> ResolvedModel:
     return next(r for r in resolved if r.name == name)
 
 
+def metric_samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples called `name` (`fleet_router_shadow_calls_total`) in `url`/metrics:
+    sorted label pairs -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
 # --- the echo model-server stand-in -----------------------------------------------------
 
 ECHO = "tests.support:echo_backend"

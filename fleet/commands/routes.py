@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
         help="calls in flight per model server before requests wait and go together "
         "as one call (0: one call per request)",
     )
+    parser.add_argument(
+        "--shadow-calls",
+        type=int,
+        default=None,
+        help="shadow calls in flight per route; requests picked beyond are not copied",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,6 +61,7 @@ FLAGS = {
     "max_body_bytes": "--max-body-bytes",
     "timeout_s": "--timeout",
     "backend_calls": "--backend-calls",
+    "shadow_calls": "--shadow-calls",
 }
 
 

@@ -7,6 +7,9 @@
   forest (about 200 MB resident once loaded), so that profiling has something to tell apart.
 
 Every model gets a signature, an input example and the aliases `champion` and `challenger`.
+`match_probability_2_TAXI_trafficaware` also has a version 2, trained with stronger
+regularisation, and its `challenger` alias points there: the demo fleet shadows version 1
+(`champion`) with it, to show predictions that differ.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MATCH_INPUTS = (
 MATCH_CITIES = (1, 2)
 DEMAND_CITIES = (1, 2)
 BIG_MODEL = "demand_forecast_2"
+CHALLENGED = "match_probability_2_TAXI_trafficaware"
 EXPERIMENT = "model-fleet-demo"
 
 
@@ -43,11 +47,17 @@ EXPERIMENT = "model-fleet-demo"
 class DemoModel:
     name: str
     train: Callable[[int], tuple[Any, pd.DataFrame, Any]]
+    challenger: Callable[[int], tuple[Any, pd.DataFrame, Any]] | None = None
+    """Trains the version 2 that the `challenger` alias picks, where there is one."""
 
 
 def demo_models() -> list[DemoModel]:
     out = [
-        DemoModel(f"match_probability_{city}_{product}_{traffic}", _train_match)
+        DemoModel(
+            name := f"match_probability_{city}_{product}_{traffic}",
+            _train_match,
+            _train_match_challenger if name == CHALLENGED else None,
+        )
         for city in MATCH_CITIES
         for product in ("TAXI", "PHV")
         for traffic in ("trafficaware", "trafficunaware")
@@ -62,15 +72,20 @@ def demo_models() -> list[DemoModel]:
     return out
 
 
-def _train_match(seed: int) -> tuple[Any, pd.DataFrame, Any]:
+def _train_match(seed: int, regularisation: float = 1.0) -> tuple[Any, pd.DataFrame, Any]:
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.normal(size=(500, len(MATCH_INPUTS))), columns=list(MATCH_INPUTS))
     weights = rng.normal(size=len(MATCH_INPUTS))
     y = (x.to_numpy() @ weights + rng.normal(scale=0.5, size=500)) > 0
-    model = MatchProbability(LogisticRegression().fit(x, y))
+    model = MatchProbability(LogisticRegression(C=1.0 / regularisation).fit(x, y))
     return model, x, model.predict(None, x)
+
+
+def _train_match_challenger(seed: int) -> tuple[Any, pd.DataFrame, Any]:
+    """The same data, a stronger L2 penalty: close to version 1, not equal."""
+    return _train_match(seed, regularisation=50.0)
 
 
 class MatchProbability(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
@@ -129,9 +144,7 @@ def create_demo_registry(
 
 def train_and_register(artifact_root: Path, progress: Callable[[str], None]) -> list[str]:
     """The worker's side of `create_demo_registry`: MLflow's URIs come from the environment."""
-    import mlflow
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -152,36 +165,47 @@ def train_and_register(artifact_root: Path, progress: Callable[[str], None]) -> 
         versions = client.search_model_versions(f"name='{demo.name}'")
         if versions:
             # A run that stopped half-way, or an older demo, may have left aliases out.
-            _ensure_aliases(client, demo.name, max(int(v.version) for v in versions))
+            _ensure_aliases(client, demo.name, min(int(v.version) for v in versions))
             progress(f"  {demo.name}: already registered")
-            continue
-        model, x, y = demo.train(i)
-        signature = infer_signature(x, np.asarray(y, dtype="float64"))
-        with mlflow.start_run(experiment_id=exp_id, run_name=demo.name):
-            mlflow.log_param("family", demo.name.rsplit("_", 3)[0])
-            if isinstance(model, MatchProbability):
-                mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=model,
-                    signature=signature,
-                    input_example=x.head(3),
-                    registered_model_name=demo.name,
-                    pip_requirements=_requirements(),
-                )
-            else:
-                mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    skops_trusted_types=["sklearn.tree._tree.Tree"],
-                    signature=signature,
-                    input_example=x.head(3),
-                    registered_model_name=demo.name,
-                    pip_requirements=_requirements(),
-                )
-        version = client.search_model_versions(f"name='{demo.name}'")[0].version
-        _ensure_aliases(client, demo.name, int(version))
-        progress(f"  {demo.name}: registered version {version}")
+        else:
+            version = _register(exp_id, demo.name, *demo.train(i))
+            _ensure_aliases(client, demo.name, version)
+            progress(f"  {demo.name}: registered version {version}")
+        if demo.challenger is not None and len(versions) < 2:
+            version = _register(exp_id, demo.name, *demo.challenger(i))
+            client.set_registered_model_alias(demo.name, "challenger", str(version))
+            progress(f"  {demo.name}: registered version {version} (challenger)")
     return names
+
+
+def _register(exp_id: str, name: str, model: Any, x: pd.DataFrame, y: Any) -> int:
+    """Log `model` with its signature and register it as a new version of `name`."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(x, np.asarray(y, dtype="float64"))
+    with mlflow.start_run(experiment_id=exp_id, run_name=name):
+        mlflow.log_param("family", name.rsplit("_", 3)[0])
+        if isinstance(model, MatchProbability):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model,
+                signature=signature,
+                input_example=x.head(3),
+                registered_model_name=name,
+                pip_requirements=_requirements(),
+            )
+        else:
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                skops_trusted_types=["sklearn.tree._tree.Tree"],
+                signature=signature,
+                input_example=x.head(3),
+                registered_model_name=name,
+                pip_requirements=_requirements(),
+            )
+    return int(info.registered_model_version)
 
 
 def _ensure_aliases(client: Any, name: str, version: int) -> None:

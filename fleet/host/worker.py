@@ -46,11 +46,11 @@ def _resolve_one(client: Any, model: Model) -> ResolvedModel:
     from mlflow.models import get_model_info
 
     if model.alias is not None:
-        mv = client.get_model_version_by_alias(model.name, model.alias)
+        mv = client.get_model_version_by_alias(model.mlflow_name, model.alias)
     else:
-        mv = client.get_model_version(model.name, str(model.version))
+        mv = client.get_model_version(model.mlflow_name, str(model.version))
     version = int(mv.version)
-    uri = f"models:/{model.name}/{version}"
+    uri = f"models:/{model.mlflow_name}/{version}"
     try:
         info = get_model_info(uri)
     except Exception as exc:

@@ -18,11 +18,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from fleet.router.coalesce import Coalescer
-from fleet.router.config import RoutesConfig, parse_routes_config
+from fleet.router.config import RoutesConfig, ShadowRef, parse_routes_config
 from fleet.router.endpoints import Handler, ModelRoute, PathEndpoint, make_route, target
 from fleet.router.health import BackendHealth
 from fleet.router.metrics import UNMATCHED, RouterMetrics
 from fleet.router.proxy import Proxy
+from fleet.router.shadow import Shadows, ShadowTarget
 from fleet.router.validation import RouteSchema, merged_columns
 from fleet.router.variants import Split
 from fleet.schema import exact_integer_bounds
@@ -75,6 +76,7 @@ def create_app(
     proxy = Proxy(max_connections=max_connections)
     backends = Coalescer(proxy, cfg.limits.backend_calls, cfg.limits.max_batch)
     metrics = RouterMetrics()
+    shadows = Shadows(proxy, metrics, cfg.limits.shadow_calls)
     state = {"ready": False}
     models_of: dict[str, list[str]] = {}
     for r in cfg.routes:
@@ -103,6 +105,7 @@ def create_app(
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+            await shadows.aclose()
             await proxy.aclose()
 
     app = RouterApp(
@@ -114,12 +117,13 @@ def create_app(
     )
     app.state.proxy = proxy
     app.state.metrics = metrics
+    app.state.shadows = shadows
     app.state.config = cfg
     app.fast = {}
     for r in cfg.routes:
         proxy.add(r.backend)
     for ep, tags in _endpoints(cfg):
-        route: ModelRoute = make_route(ep, backends, metrics, cfg.limits, tags)
+        route: ModelRoute = make_route(ep, backends, shadows, metrics, cfg.limits, tags)
         app.router.routes.append(route)
         app.fast[route.path] = route.handler
 
@@ -188,7 +192,8 @@ def _endpoints(cfg: RoutesConfig) -> list[tuple[PathEndpoint, list[str]]]:
     for r in cfg.routes:
         schema = RouteSchema(r.model, r.columns(), max_batch)
         t = target(r.model, r.version, r.backend, r.timeout_s)
-        out.append((PathEndpoint(r.path, schema, {r.model: t}), ["models"]))
+        shadow = _shadow(cfg, r.shadow, schema)
+        out.append((PathEndpoint(r.path, schema, {r.model: t}, shadow=shadow), ["models"]))
     for e in cfg.experiments:
         routes = [by_model[v.model] for v in e.variants]
         columns = merged_columns(f"experiment {e.path}", [r.columns() for r in routes])
@@ -201,8 +206,21 @@ def _endpoints(cfg: RoutesConfig) -> list[tuple[PathEndpoint, list[str]]]:
                 t = t.__class__(**{**t.__dict__, "only": tuple(c.name for c in r.inputs)})
             targets[r.model] = t
         split = Split.of([(v.model, v.weight) for v in e.variants])
-        out.append((PathEndpoint(e.path, schema, targets, split, e.sticky_header), ["experiments"]))
+        shadow = _shadow(cfg, e.shadow, schema)
+        ep = PathEndpoint(e.path, schema, targets, split, e.sticky_header, shadow)
+        out.append((ep, ["experiments"]))
     return out
+
+
+def _shadow(cfg: RoutesConfig, ref: ShadowRef | None, schema: RouteSchema) -> ShadowTarget | None:
+    """Where the copies of a path with `schema` go; only the columns the shadow takes."""
+    if ref is None:
+        return None
+    route = cfg.route_for(ref.model)
+    offered = [c.name for c in schema.columns]
+    taken = tuple(c.name for c in route.inputs if c.name in offered)
+    only = None if set(taken) == set(offered) else taken
+    return ShadowTarget(ref.model, route.backend, route.timeout_s, ref.percent, only)
 
 
 def _error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:

@@ -9,7 +9,7 @@ Format (version 1)::
     {
       "version": 1,
       "limits": {"max_batch": 1000, "max_body_bytes": 1048576, "timeout_s": 5.0,
-                 "backend_calls": 2},
+                 "backend_calls": 2, "shadow_calls": 4},
       "routes": [
         {"path": "/probability/1/TAXI/trafficaware",
          "model": "match_probability_1_TAXI_trafficaware",
@@ -37,6 +37,10 @@ Format (version 1)::
 - An experiment's `variants` name models that have their own route; weights are
   percentages summing to 100. Requests carrying `sticky_header` always get the same
   variant for the same header value; requests without it are split at random by weight.
+- A route or experiment may carry `"shadow": {"model": ..., "percent": 10}`: that share
+  of its valid requests is copied, after the caller has its answer, to the shadow
+  model's server (a model with its own route here), at most `limits.shadow_calls` at a
+  time per path; the answers are only compared (fleet/router/shadow.py).
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class RouterLimits(_Strict):
     """Calls in flight per model server; requests beyond wait and go together as one
     call of at most `max_batch` records (fleet/router/coalesce.py). 0: one call per
     request, no limit."""
+    shadow_calls: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Shadow calls in flight per route; a request picked for the shadow while this many
+    are in flight is not copied (counted as dropped), so a slow shadow costs a bounded
+    share of the router and never holds up the route's own calls."""
 
 
 class InputColumn(_Strict):
@@ -84,6 +92,15 @@ class InputColumn(_Strict):
 
     def column(self) -> Column:
         return Column(name=self.name, type=self.type, required=self.required)
+
+
+class ShadowRef(_Strict):
+    """A model that gets a copy of a route's requests; its answers never reach callers."""
+
+    model: Annotated[str, Field(min_length=1)]
+    """A model that has its own route in this config."""
+    percent: Annotated[float, Field(ge=0, le=100)]
+    """Share of the route's valid requests copied to it."""
 
 
 class Route(_Strict):
@@ -101,6 +118,8 @@ class Route(_Strict):
     """Signature columns a record is validated against."""
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     """Time the backend call may take before the router answers 504."""
+    shadow: ShadowRef | None = None
+    """The model that gets a copy of this route's requests."""
 
     def columns(self) -> list[Column]:
         return [c.column() for c in self.inputs]
@@ -124,6 +143,8 @@ class ExperimentRoute(_Strict):
     """Request header whose value keeps one caller on one variant."""
     variants: Annotated[list[VariantRef], Field(min_length=1)]
     """The arms and their weights (summing to 100)."""
+    shadow: ShadowRef | None = None
+    """The model that gets a copy of this experiment's requests."""
 
     @model_validator(mode="after")
     def _weights(self) -> ExperimentRoute:
@@ -158,6 +179,14 @@ class RoutesConfig(_Strict):
                 raise ValueError(
                     f"experiment {e.path}: variant model(s) without a route: {', '.join(missing)}"
                 )
+        for path, shadow, own in [
+            *((r.path, r.shadow, {r.model}) for r in self.routes),
+            *((e.path, e.shadow, {v.model for v in e.variants}) for e in self.experiments),
+        ]:
+            if shadow is not None and shadow.model not in models:
+                raise ValueError(f"{path}: shadow model without a route: {shadow.model}")
+            if shadow is not None and shadow.model in own:
+                raise ValueError(f"{path}: the shadow {shadow.model} already answers this path")
         return self
 
     def route_for(self, model: str) -> Route:

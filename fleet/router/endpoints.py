@@ -29,6 +29,7 @@ from fleet.router.coalesce import Coalescer
 from fleet.router.config import RouterLimits
 from fleet.router.metrics import RouterMetrics
 from fleet.router.proxy import BackendError
+from fleet.router.shadow import Shadows, ShadowTarget
 from fleet.router.validation import RequestProblem, RouteSchema, check_content_type
 from fleet.router.variants import Split
 from fleet.schema import random_records
@@ -104,6 +105,7 @@ class PathEndpoint:
     targets: dict[str, Target]
     split: Split | None = None
     sticky_header: str = ""
+    shadow: ShadowTarget | None = None
 
     def choose(self, key: str | None, rng: random.Random) -> Target:
         """The target for a request whose sticky header is `key` (None: not sent)."""
@@ -127,11 +129,16 @@ class ModelRoute(APIRoute):
 def make_route(
     ep: PathEndpoint,
     backends: Coalescer,
+    shadows: Shadows,
     metrics: RouterMetrics,
     limits: RouterLimits,
     tags: list[str],
 ) -> ModelRoute:
-    """The path operation of `ep`: its typed body for OpenAPI, served by its ASGI handler."""
+    """The path operation of `ep`: its typed body for OpenAPI, served by its ASGI handler.
+
+    Of its successful requests, the shadow's share is copied to the shadow model once
+    the caller has the answer (`fleet.router.shadow`).
+    """
     rng = random.Random()
     sticky = ep.sticky_header.lower().encode() if ep.split is not None else None
     default_variant = next(iter(ep.targets)) if ep.split is None else ""
@@ -148,6 +155,7 @@ def make_route(
             elif name == sticky:
                 key = key or value
         headers = _JSON
+        copy: tuple[list[Any], bytes | None, bytes] | None = None
         try:
             check_content_type(content_type.decode("latin-1") if content_type else None)
             raw = await read_body(receive, length, limits.max_body_bytes)
@@ -159,6 +167,9 @@ def make_route(
                 chosen.backend, payload, len(records), chosen.timeout_s
             )
             status, body, headers = 200, chosen.prefix + content + b"}", chosen.headers
+            if ep.shadow is not None and shadows.picked(ep.shadow):
+                reuse = payload if ep.shadow.only == chosen.only else None
+                copy = (records, reuse, content)
         except RequestProblem as problem:
             status, body = problem.status, problem.body(route=ep.path)
         except BackendError as exc:
@@ -174,6 +185,11 @@ def make_route(
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         metrics.observe(ep.path, variant, status, time.perf_counter() - start)
+        if copy is not None and ep.shadow is not None:
+            # The caller has its answer: nothing from here on reaches it.
+            records, reuse, content = copy
+            sent = reuse or ep.schema.dump(records, ep.shadow.only)
+            shadows.copy(ep.path, ep.shadow, sent, content)
 
     async def predict(body: Any) -> Prediction:
         raise NotImplementedError("served by the route's ASGI handler")  # pragma: no cover
@@ -191,6 +207,8 @@ def make_route(
         if ep.split is None
         else "A/B: " + ", ".join(ep.targets) + f" (sticky header {ep.sticky_header})"
     )
+    if ep.shadow is not None:
+        summary += f"; shadow {ep.shadow.model} on {ep.shadow.percent:g}%"
     return ModelRoute(
         ep.path,
         predict,

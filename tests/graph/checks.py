@@ -117,6 +117,8 @@ def check_router_config(
             f"http://{r.model.k8s_name}.{namespace}.svc.cluster.local:{MODEL_PORT}"
         )
         assert route["inputs"] == [c.to_dict() for c in r.inputs]
+        shadow = fleet.shadows().get(r.model.route)
+        assert route.get("shadow") == (shadow and shadow.model_dump())
     assert [r["path"] for r in config["routes"]] == sorted(r.model.route for r in resolved)
     want = [
         {

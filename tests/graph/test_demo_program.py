@@ -64,7 +64,7 @@ def demo_preview(demo_uri: str) -> tuple[Capture, dict[str, Any]]:
 
 def test_every_demo_model_has_exactly_its_children(demo_run):
     cap, program = demo_run
-    assert len(program["models"]) == 10
+    assert len(program["models"]) == 11
     checks.check_model_children(cap, program["models"])
     # Components hang off the stack; nothing else sits at the root.
     roots = {r.typ for r in cap.resources.values() if r.parent.endswith("model-fleet-staging")}

@@ -34,14 +34,16 @@ def test_validate_prints_one_line_per_route_and_the_experiment(
         route, name, version, *_ = line.split()
         assert (route, name, version) == (r.model.route, r.name, f"v{r.version}")
         if r.name.startswith("match_probability"):
-            assert line.endswith("(" + ", ".join(f"{n}:double" for n in MATCH_INPUTS) + ")")
-        else:
+            assert "(" + ", ".join(f"{n}:double" for n in MATCH_INPUTS) + ")" in line
+        elif r.name.startswith("demand_forecast"):
             assert line.endswith("(hour_of_week:long, temperature:double, holiday:boolean)")
+        if r.name == "match_probability_2_TAXI_trafficaware":
+            assert line.endswith("; shadow match_probability_2_TAXI_trafficaware_challenger v2 10%")
     experiment = out[len(demo_fleet.models)]
     assert experiment.split()[:3] == ["/probability/2/TAXI", "experiment", "[X-Caller-Id]:"]
     assert "match_probability_2_TAXI_trafficaware v1 50%" in experiment
     assert "match_probability_2_TAXI_trafficunaware v1 50%" in experiment
-    assert out[-1] == "ok: 10 models, 1 experiments"
+    assert out[-1] == "ok: 11 models, 1 experiments"
 
 
 def test_validate_with_a_stack_alias(demo_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +57,7 @@ def test_validate_with_a_stack_alias(demo_uri: str, capsys: pytest.CaptureFixtur
         "challenger",
     ]
     assert main(args) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "ok: 10 models, 1 experiments"
+    assert capsys.readouterr().out.splitlines()[-1] == "ok: 11 models, 1 experiments"
 
 
 def test_broken_models_yaml_lists_every_problem(
@@ -123,7 +125,7 @@ def test_validate_as_a_real_command(demo_uri: str, tmp_path: Path) -> None:
         "match_probability_1_TAXI_trafficaware",
         "v1",
     ]
-    assert lines[-1] == "ok: 10 models, 1 experiments"
+    assert lines[-1] == "ok: 11 models, 1 experiments"
     (tmp_path / "models.yaml").write_text("- {name: a, endpoint: x}\n")
     bad = subprocess.run(
         [str(fleet), "validate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300

@@ -15,7 +15,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from fleet.errors import ResolutionError
-from fleet.host.demo_registry import MATCH_INPUTS, create_demo_registry
+from fleet.host.demo_registry import CHALLENGED, MATCH_INPUTS, create_demo_registry
 from fleet.host.environment import HostEnvironment
 from fleet.host.processes import free_port
 from fleet.host.registry import Registry, local_tracking_uri
@@ -73,9 +73,11 @@ def test_demo_fleet_resolves_versions_uris_runs_and_inputs(
     assert [r.name for r in demo_resolved] == [m.name for m in demo_fleet.models]
     client = MlflowClient(tracking_uri=demo_uri, registry_uri=demo_uri)
     for r in demo_resolved:
-        registered = client.get_model_version(r.name, str(r.version))
-        assert r.version == 1
-        assert r.model_uri == f"models:/{r.name}/1"
+        registered = client.get_model_version(r.model.mlflow_name, str(r.version))
+        # The challenger entry picks version 2 of another entry's registered model.
+        challenger = r.model.registered_model is not None
+        assert (r.model.mlflow_name, r.version) == ((CHALLENGED, 2) if challenger else (r.name, 1))
+        assert r.model_uri == f"models:/{r.model.mlflow_name}/{r.version}"
         assert r.run_id == registered.run_id != ""
         assert r.source == registered.source
         assert r.model.route.startswith(("/probability/", "/demand/"))
@@ -210,6 +212,10 @@ def test_demo_registry_has_ten_models_with_signature_example_and_aliases(
     assert sum(n.startswith("demand_forecast_") for n in models) == 2
     for name, model in models.items():
         assert set(model.aliases) == {"champion", "challenger"}, name
+        versions = {int(v.version) for v in client.search_model_versions(f"name='{name}'")}
+        challenged = name == CHALLENGED
+        assert versions == ({1, 2} if challenged else {1}), name
+        assert int(model.aliases["challenger"]) == (2 if challenged else 1), name
         info = Model.load(str(local_model_dir(demo_uri, name, "champion") / "MLmodel"))
         assert info.signature is not None and info.signature.inputs is not None, name
         assert info.saved_input_example_info is not None, name
@@ -218,7 +224,8 @@ def test_demo_registry_has_ten_models_with_signature_example_and_aliases(
     names = create_demo_registry(demo_registry, demo_home / "artifacts", progress=lines.append)
     assert sorted(names) == sorted(models)
     assert all(line.endswith("already registered") for line in lines), lines
-    assert all(len(client.search_model_versions(f"name='{n}'")) == 1 for n in models)
+    counts = {n: len(client.search_model_versions(f"name='{n}'")) for n in models}
+    assert counts == {n: 2 if n == CHALLENGED else 1 for n in models}
 
 
 def test_a_missing_sqlite_registry_is_one_problem_and_not_created(tmp_path: Path) -> None:

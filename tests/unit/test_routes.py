@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fleet.cli import main
-from fleet.errors import RoutesConfigError
+from fleet.errors import RoutesConfigError, SpecError
 from fleet.resolved import ResolvedModel
 from fleet.router.config import RouterLimits, load_routes_config, parse_routes_config
 from fleet.routes import build_routes_config
@@ -59,6 +59,7 @@ def test_build_routes_config_shape() -> None:
         "max_body_bytes": 1048576,
         "timeout_s": 5.0,
         "backend_calls": 2,
+        "shadow_calls": 4,
     }
     first = config["routes"][0]
     assert first["path"] == "/p/2/TAXI/a"
@@ -217,3 +218,82 @@ def test_fleet_routes_command_on_demo_registry(
         ("temperature", "double"),
         ("holiday", "boolean"),
     ]
+
+
+SHADOWED = """
+models:
+  - {name: m_a, version: 1, endpoint: p, parameters: [a], shadow: {model: m_c, percent: 12.5}}
+  - {name: m_b, version: 1, endpoint: p, parameters: [b]}
+  - name: m_c
+    version: 2
+    endpoint: p
+    parameters: [c]
+experiments:
+  - route: /p/ab
+    variants: [{model: m_a, weight: 50}, {model: m_b, weight: 50}]
+    shadow:
+      model: m_c
+      percent: 100
+"""
+
+
+def _with_inputs(fleet: Fleet, inputs: dict[str, list[Column]]) -> list[ResolvedModel]:
+    return [
+        ResolvedModel(m.model, m.version, m.model_uri, m.run_id, m.source, inputs.get(m.name, []))
+        for m in _resolved(fleet)
+    ]
+
+
+def test_shadows_reach_the_routes_config() -> None:
+    fleet = parse_fleet(SHADOWED)
+    config = build_routes_config(fleet, _resolved(fleet), _url)
+    routes = {r["path"]: r for r in config["routes"]}
+    assert routes["/p/a"]["shadow"] == {"model": "m_c", "percent": 12.5}
+    assert "shadow" not in routes["/p/b"] and "shadow" not in routes["/p/c"]
+    (exp,) = config["experiments"]
+    assert exp["shadow"] == {"model": "m_c", "percent": 100}
+    # The router loads it: the shadow model has a route of its own.
+    assert parse_routes_config(config).routes[0].shadow is not None
+
+
+def test_a_shadow_left_out_of_the_config_is_dropped_not_an_error() -> None:
+    fleet = parse_fleet(SHADOWED)
+    without = [r for r in _resolved(fleet) if r.name != "m_c"]
+    config = build_routes_config(fleet, without, _url)
+    assert all("shadow" not in r for r in config["routes"] + config["experiments"])
+    cut = fleet.only(["m_a", "m_b"])
+    assert cut.shadows() == {}
+
+
+def test_a_shadow_that_cannot_take_the_routes_records_is_refused_with_its_line() -> None:
+    fleet = parse_fleet(SHADOWED)
+    narrow = [Column("x", "double")]
+    wants_more = [Column("x", "double"), Column("z", "string")]  # z: the route has none
+    other_type = [Column("x", "long")]
+    resolved = _with_inputs(fleet, {"m_a": narrow, "m_b": narrow, "m_c": wants_more})
+    with pytest.raises(SpecError) as err:
+        build_routes_config(fleet, resolved, _url)
+    assert err.value.problems == [
+        "models.yaml: line 3: model 'm_a': shadow.model: 'm_c' cannot take the route's "
+        "records: needs column 'z', which the route's records lack",
+        "models.yaml: line 13: experiment '/p/ab': shadow.model: 'm_c' cannot take the "
+        "route's records: needs column 'z', which the route's records lack",
+    ]
+    resolved = _with_inputs(fleet, {"m_a": narrow, "m_b": narrow, "m_c": other_type})
+    with pytest.raises(SpecError, match="column 'x' is long, the route's is double"):
+        build_routes_config(fleet, resolved, _url)
+    # Fewer columns, or a wider type, is fine: the shadow gets the columns it takes.
+    ints = [Column("x", "integer"), Column("y", "float", required=False)]
+    resolved = _with_inputs(fleet, {"m_a": ints, "m_b": ints, "m_c": [Column("x", "long")]})
+    assert build_routes_config(fleet, resolved, _url)["routes"][0]["shadow"]
+
+
+def test_shadow_config_errors_name_the_path() -> None:
+    fleet = parse_fleet(SHADOWED)
+    config = build_routes_config(fleet, _resolved(fleet), _url)
+    config["routes"][0]["shadow"]["model"] = "ghost"
+    with pytest.raises(RoutesConfigError, match="/p/a: shadow model without a route: ghost"):
+        parse_routes_config(config)
+    config["routes"][0]["shadow"]["model"] = "m_a"
+    with pytest.raises(RoutesConfigError, match="/p/a: the shadow m_a already answers"):
+        parse_routes_config(config)

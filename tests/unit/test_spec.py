@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fleet.errors import SpecError
 from fleet.naming import k8s_name
-from fleet.spec import Fleet
+from fleet.spec import Fleet, Shadow
 from fleet.specfile import load_fleet, parse_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +135,15 @@ def test_only_keeps_named_models_and_their_experiments() -> None:
 def test_repository_models_yaml_is_the_demo_fleet() -> None:
     fleet = load_fleet(ROOT / "models.yaml")
     models = {m.name: m for m in fleet.resolved_models()}
-    assert len(models) == 10
+    assert len(models) == 11
+    challenger = models["match_probability_2_TAXI_trafficaware_challenger"]
+    assert (challenger.mlflow_name, challenger.alias) == (
+        "match_probability_2_TAXI_trafficaware",
+        "challenger",
+    )
+    assert fleet.shadows() == {
+        "/probability/2/TAXI/trafficaware": Shadow(model=challenger.name, percent=10)
+    }
     assert models["demand_forecast_2"].settings.batching.max_batch_size == 32
     assert models["demand_forecast_2"].settings.batching.max_latency_ms == 10
     assert models["match_probability_1_TAXI_trafficaware"].version == 1
@@ -159,6 +167,64 @@ def test_yaml_1_1_scalars_keep_the_text_as_written() -> None:
 
 # Each error case: the YAML, the texts the one problem must hold (culprit, field), its line.
 ERROR_CASES = {
+    "shadow of an unknown model": (
+        """\
+        models:
+          - name: a
+            version: 1
+            endpoint: x
+            shadow: {model: nope, percent: 10}
+        """,
+        ["model 'a'", "shadow.model", "no model named 'nope'"],
+        5,
+    ),
+    "shadow percent over 100": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x}
+          - name: b
+            version: 1
+            endpoint: y
+            shadow:
+              model: a
+              percent: 150
+        """,
+        ["model 'b'", "shadow.percent", "less than or equal to 100"],
+        8,
+    ),
+    "shadow of the route's own model": (
+        """\
+        models:
+          - name: a
+            version: 1
+            endpoint: x
+            shadow: {model: a, percent: 10}
+        """,
+        ["model 'a'", "shadow.model", "route's own model"],
+        5,
+    ),
+    "shadow that is a variant of its experiment": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x}
+          - {name: b, version: 1, endpoint: y}
+        experiments:
+          - route: /ab
+            variants: [{model: a, weight: 50}, {model: b, weight: 50}]
+            shadow: {model: b, percent: 5}
+        """,
+        ["experiment '/ab'", "shadow.model", "variant"],
+        7,
+    ),
+    "shadow without a percent": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x}
+          - {name: b, version: 1, endpoint: y, shadow: {model: a}}
+        """,
+        ["model 'b'", "shadow.percent", "Field required"],
+        3,
+    ),
     "duplicate name": (
         """\
         models:
@@ -562,3 +628,16 @@ def test_any_yaml_gives_a_fleet_or_spec_error(data: object) -> None:
         parse_fleet(yaml.safe_dump(data))
     except SpecError as exc:
         assert exc.problems and all(p.startswith("models.yaml: ") for p in exc.problems)
+
+
+def test_only_drops_a_shadow_whose_model_is_left_out() -> None:
+    fleet = parse_fleet("""\
+models:
+  - {name: a, version: 1, endpoint: x, shadow: {model: b, percent: 10}}
+  - {name: b, version: 2, endpoint: y, registered_model: a}
+""")
+    assert fleet.shadows() == {"/x": Shadow(model="b", percent=10)}
+    assert fleet.only(["a", "b"]).shadows() == fleet.shadows()
+    assert fleet.only(["a"]).shadows() == {}
+    (a, b) = fleet.resolved_models()
+    assert (a.mlflow_name, b.mlflow_name) == ("a", "a")
