@@ -309,10 +309,18 @@ class Fleet(_Strict):
         return out
 
     def with_alias(self, alias: str | None) -> Fleet:
-        """The fleet with every alias-picked model on `alias` (a stack's override)."""
+        """The fleet with every alias-picked model on `alias` (a stack's override).
+
+        Entries with a `registered_model` of their own keep their alias: they are a second
+        deployment of another entry's registered model (its challenger), which the stack's
+        alias would otherwise make the same version as the first.
+        """
         if not alias:
             return self
-        models = [m.model_copy(update={"alias": alias}) if m.alias else m for m in self.models]
+        models = [
+            m.model_copy(update={"alias": alias}) if m.alias and not m.registered_model else m
+            for m in self.models
+        ]
         return self.model_copy(update={"models": models})
 
     def with_router_limits(

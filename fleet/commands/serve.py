@@ -36,6 +36,7 @@ from fleet.host.watch import Keeper
 from fleet.resolved import ResolvedModel
 from fleet.routes import build_routes_config
 from fleet.schema import random_records
+from fleet.spec import Fleet
 
 READY_TIMEOUT_S = 300.0
 
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if not router.ready:
             _say(f"error: the router did not start ({router.error}); its log:\n{router.log_tail()}")
             return 1
-        _summary(router.url, resolved, servers, fleet.experiments)
+        _summary(router.url, resolved, servers, fleet)
         up = [c for c in servers.values() if c.ready]
         keeper = Keeper(sup, up, say=_say, start_timeout_s=args.ready_timeout)
         keeper.run(until=lambda: not router.alive())
@@ -183,7 +184,7 @@ def _router_port(requested: int | None, host: str) -> int:
 
 
 def _summary(
-    url: str, resolved: list[ResolvedModel], servers: dict[str, Child], experiments: list[Any]
+    url: str, resolved: list[ResolvedModel], servers: dict[str, Child], fleet: Fleet
 ) -> None:
     down = [r for r in resolved if r.name not in servers or not servers[r.name].ready]
     for r in down:
@@ -199,11 +200,16 @@ def _summary(
             body = json.dumps(random_records(r.inputs, 1, seed=1)[0])
             _say(f"curl -s {url}{r.model.route} -H 'content-type: application/json' -d '{body}'")
     by_name = {r.name: r for r in resolved}
-    for exp in (e for e in experiments if all(v.model in servers for v in e.variants)):
+    for exp in (e for e in fleet.experiments if all(v.model in servers for v in e.variants)):
         body = json.dumps(random_records(by_name[exp.variants[0].model].inputs, 1, seed=1)[0])
         _say(
             f"curl -s {url}{exp.route} -H '{exp.sticky_header}: alice' "
             f"-H 'content-type: application/json' -d '{body}'"
+        )
+    for route, shadow in fleet.shadows().items():
+        _say(
+            f"shadow: {shadow.percent:g}% of {route} is copied to {shadow.model} "
+            f"(fleet_router_shadow_* in {url}/metrics)"
         )
     if down:
         _say(f"\nDOWN ({len(down)}): " + ", ".join(r.model.route for r in down))

@@ -123,6 +123,18 @@ def test_with_alias_overrides_only_alias_picked_models() -> None:
     assert fleet.with_alias("") == fleet
 
 
+def test_a_stack_alias_leaves_a_second_deployment_of_a_registered_model_alone() -> None:
+    fleet = load_fleet(ROOT / "models.yaml")
+    aliases = {m.name: m.alias for m in fleet.with_alias("champion").models}
+    # Production follows `champion`, yet still compares its champion with the challenger.
+    assert aliases["match_probability_2_TAXI_trafficaware_challenger"] == "challenger"
+    assert aliases["match_probability_2_TAXI_trafficaware"] == "champion"
+    assert {a for name, a in aliases.items() if not name.endswith("_challenger")} <= {
+        "champion",
+        None,
+    }
+
+
 def test_only_keeps_named_models_and_their_experiments() -> None:
     fleet = parse_fleet(FULL)
     assert [m.name for m in fleet.only(["plain", "other"]).models] == ["plain", "other"]
