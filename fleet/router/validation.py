@@ -5,6 +5,11 @@ are parsed and validated in one step by pydantic-core from the raw bytes (no Pyt
 JSON pass), with the record model of `fleet.schema`: unknown fields, wrong types, NaN
 and infinity (which Python's `json` would accept) are refused. Problems become a
 `RequestProblem` whose JSON body names each field.
+
+Refusing costs about what accepting does: a body with far more keys than its records
+can hold (many unknown fields) is diagnosed from its first problems without pydantic
+building an error per field, a body with many errors is described from its first
+records only, and the names a client sent are echoed at most `NAME_CHARS` long.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Union, cast
 
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from fleet.schema import Column, record_model
 
 MAX_PROBLEMS = 20
+"""Problems named in one answer; the rest are counted."""
+NAME_CHARS = 64
+"""Longest field name (as the client sent it) put into an answer."""
 
 
 class RequestProblem(Exception):
@@ -69,6 +78,7 @@ class RouteSchema:
         ]
         self._body: TypeAdapter[Any] = TypeAdapter(cast(Any, self.body_type))
         self._list = TypeAdapter(list[self.record])  # type: ignore[name-defined]
+        self._record: TypeAdapter[Any] = TypeAdapter(self.record)
         # pydantic field names are f0, f1, ... (the column names are aliases).
         self._field_of = {c.name: f"f{i}" for i, c in enumerate(self.columns)}
 
@@ -76,11 +86,40 @@ class RouteSchema:
         """The validated records of a request body; raises RequestProblem."""
         if not raw.strip():
             raise RequestProblem(400, "invalid_json", [{"field": "(body)", "problem": "empty"}])
+        # More `"key":` than the records' `{` can hold with known fields: unknown fields,
+        # likely thousands of them. (Strings holding `":` only send a body here for
+        # nothing: the check below is exact.)
+        if raw.count(b'":') > max(1, raw.count(b"{")) * len(self.columns):
+            self._refuse_unknown_fields(raw)
         try:
             value = self._body.validate_json(raw)
         except ValidationError as exc:
-            raise self.problem(exc) from None
+            raise self.problem(exc, raw) from None
         return value if isinstance(value, list) else [value]
+
+    def _refuse_unknown_fields(self, raw: bytes) -> None:
+        """Raise RequestProblem naming the first unknown fields of the body's records,
+        counting the rest; return when it has none (or is not JSON)."""
+        try:
+            value = from_json(raw)
+        except ValueError:
+            return  # the validator names the JSON problem
+        batch = isinstance(value, list)
+        known = self._field_of.keys()
+        problems: list[dict[str, str]] = []
+        unknown = 0
+        for i, record in enumerate(value if batch else [value]):
+            if isinstance(record, dict):
+                extra = record.keys() - known
+                unknown += len(extra)
+                for name in sorted(extra)[: MAX_PROBLEMS - len(problems)]:
+                    loc = ("batch", i, name) if batch else ("record", name)
+                    problems.append(self._describe({"type": "extra_forbidden", "loc": loc}))
+        if problems:
+            if unknown > len(problems):
+                more = f"{unknown - len(problems)} more unknown fields"
+                problems.append({"field": "", "problem": more})
+            raise RequestProblem(422, "invalid_input", problems)
 
     def dump(self, records: list[BaseModel], only: Sequence[str] | None = None) -> bytes:
         """`records` as the JSON array the model server takes; `only` keeps those columns."""
@@ -89,7 +128,15 @@ class RouteSchema:
             include = {"__all__": {self._field_of[c] for c in only}}
         return self._list.dump_json(records, by_alias=True, exclude_unset=True, include=include)
 
-    def problem(self, exc: ValidationError) -> RequestProblem:
+    def problem(self, exc: ValidationError, raw: bytes = b"") -> RequestProblem:
+        """The RequestProblem of a failed validation of `raw`."""
+        if exc.error_count() > 4 * MAX_PROBLEMS and raw:
+            first = self._first_errors(raw)
+            if first:
+                problems = [self._describe(e) for e in first[:MAX_PROBLEMS]]
+                more = exc.error_count() - len(problems)
+                problems.append({"field": "", "problem": f"{more} more"})
+                return RequestProblem(422, "invalid_input", problems)
         errors = exc.errors(include_url=False, include_input=False)
         if any(e["type"] == "json_invalid" for e in errors):
             msg = errors[0]["msg"].removeprefix("Invalid JSON: ")
@@ -100,8 +147,29 @@ class RouteSchema:
             problems.append({"field": "", "problem": f"{len(errors) - MAX_PROBLEMS} more"})
         return RequestProblem(422, "invalid_input", problems)
 
+    def _first_errors(self, raw: bytes) -> list[Any]:
+        """The errors of the body's first failing records, one record at a time, until
+        there are MAX_PROBLEMS: what `exc.errors()` would list first, without building
+        the rest (thousands of them cost the router far more than the valid body)."""
+        try:
+            value = from_json(raw)
+        except ValueError:
+            return []
+        if not isinstance(value, list):
+            return []
+        found: list[Any] = []
+        for i, record in enumerate(value):
+            try:
+                self._record.validate_python(record)
+            except ValidationError as exc:
+                errors = exc.errors(include_url=False, include_input=False)
+                found += [{**e, "loc": ("batch", i, *e["loc"])} for e in errors]
+                if len(found) >= MAX_PROBLEMS:
+                    break
+        return found
+
     def _describe(self, error: Any) -> dict[str, str]:
-        loc = list(error["loc"])
+        loc = [_short(p) if isinstance(p, str) else p for p in error["loc"]]
         kind = loc.pop(0) if loc else None
         field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         field = field or "(body)"
@@ -127,6 +195,11 @@ class RouteSchema:
 
     def _names(self) -> str:
         return ", ".join(c.name for c in self.columns)
+
+
+def _short(name: str) -> str:
+    """A client's field name as echoed back: at most NAME_CHARS characters."""
+    return name if len(name) <= NAME_CHARS else name[:NAME_CHARS] + "..."
 
 
 def merged_columns(where: str, variants: Sequence[Sequence[Column]]) -> list[Column]:

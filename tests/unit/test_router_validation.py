@@ -14,7 +14,14 @@ from fastapi.testclient import TestClient
 
 from fleet.errors import RoutesConfigError
 from fleet.router.app import create_app
-from fleet.router.validation import RequestProblem, RouteSchema, check_content_type, merged_columns
+from fleet.router.validation import (
+    MAX_PROBLEMS,
+    NAME_CHARS,
+    RequestProblem,
+    RouteSchema,
+    check_content_type,
+    merged_columns,
+)
 from fleet.schema import Column
 
 COLUMNS = [
@@ -118,6 +125,49 @@ def test_many_bad_records_are_reported_but_capped() -> None:
         schema.parse(json.dumps([{"hour": "x"}] * 100).encode())
     assert len(info.value.problems) == 21
     assert info.value.problems[-1]["problem"].endswith("more")
+
+
+def test_many_unknown_fields_are_refused_from_the_first_ones() -> None:
+    # 100 records with 50 unknown fields each: named up to MAX_PROBLEMS, the rest counted,
+    # without pydantic building 5,000 errors.
+    records = [{**GOOD, **{f"extra{k:02}": 1 for k in range(50)}} for _ in range(100)]
+    schema = RouteSchema("m", COLUMNS, 1000)
+    with pytest.raises(RequestProblem) as info:
+        schema.parse(json.dumps(records).encode())
+    problems = info.value.problems
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[0] == {"field": "[0].extra00", "problem": problems[0]["problem"]}
+    assert problems[0]["problem"].startswith("unknown field; expected route_decision_score")
+    assert problems[-1] == {"field": "", "problem": f"{5000 - MAX_PROBLEMS} more unknown fields"}
+
+
+def test_a_string_that_looks_like_keys_is_still_a_valid_record() -> None:
+    # Its `":` make the body look like one with unknown fields; the exact check says no.
+    record = {**GOOD, "city": '"a": "b", "c": "d", "e": "f", "g": "h", "i": "j"'}
+    assert len(_schema().parse(json.dumps(record).encode())) == 1
+
+
+def test_a_long_field_name_is_echoed_short() -> None:
+    name = "x" * 1_000_000
+    problem = _problem(json.dumps({**GOOD, name: 1}).encode())
+    assert problem.problems == [
+        {"field": "x" * NAME_CHARS + "...", "problem": problem.problems[0]["problem"]}
+    ]
+    assert len(problem.body()) < 1000
+
+
+def test_many_wrong_records_are_described_from_the_first_ones() -> None:
+    records = [{**GOOD, "hour": "three", "holiday": "no"} for _ in range(500)]
+    with pytest.raises(RequestProblem) as info:
+        RouteSchema("m", COLUMNS, 1000).parse(json.dumps(records).encode())
+    problems = info.value.problems
+    assert [p["field"] for p in problems[:4]] == [
+        "[0].hour",
+        "[0].holiday",
+        "[1].hour",
+        "[1].holiday",
+    ]
+    assert problems[-1] == {"field": "", "problem": f"{1000 - MAX_PROBLEMS} more"}
 
 
 @pytest.mark.parametrize(
