@@ -52,12 +52,31 @@ class RouterApp(FastAPI):
         return self.openapi_schema
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.fast.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
+        if scope["type"] == "http":
+            if b"%2f" in scope.get("raw_path", b"").lower():
+                # The server decoded `%2F` into `/`: `/probability%2F1` must not become a
+                # route (nor reach one through a proxy that matched the encoded form).
+                await _refuse_encoded_slash(send)
                 return
+            if scope["method"] == "POST":
+                handler = self.fast.get(scope["path"])
+                if handler is not None:
+                    await handler(scope, receive, send)
+                    return
         await super().__call__(scope, receive, send)
+
+
+async def _refuse_encoded_slash(send: Send) -> None:
+    body = json.dumps(
+        {
+            "error": "bad_path",
+            "message": "encoded slashes (%2F) are not allowed in a path",
+            "problems": [{"field": "path", "problem": "encoded slash (%2F)"}],
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
@@ -114,6 +133,8 @@ def create_app(
         description="POST one record (a JSON object) or a batch (a JSON array of records) "
         "to a model's route; experiment routes split traffic between models by weight.",
         lifespan=lifespan,
+        # Starlette answers `/route/` with a redirect to an URL made from the Host header.
+        redirect_slashes=False,
     )
     app.state.proxy = proxy
     app.state.metrics = metrics

@@ -13,8 +13,10 @@ pass, forwards them and answers with pre-encoded headers.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -37,7 +39,6 @@ from fleet.schema import random_records
 log = logging.getLogger("fleet.router")
 Handler = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
 _JSON = [(b"content-type", b"application/json")]
-_INTERNAL = b'{"error":"internal_error","message":"see the router log"}'
 CLIENT_GONE = 499
 """Status recorded in metrics when the client disconnects before its body arrived."""
 
@@ -55,9 +56,16 @@ class ErrorBody(BaseModel):
 
     error: str
     message: str
+    request_id: str = ""
+    """On 5xx: the id under which the router logged the details."""
     route: str = ""
     model: str = ""
     problems: list[dict[str, str]] = []
+
+
+def request_id() -> str:
+    """A new id for a failed request, in its answer and in the router's log."""
+    return secrets.token_hex(8)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -90,7 +98,8 @@ class Target:
 
 
 def target(model: str, version: int, backend: str, timeout_s: float, **extra: str) -> Target:
-    prefix = b'{"model":"' + model.encode() + b'","version":' + str(version).encode()
+    # json.dumps: MLflow allows `"` and `\` in model names.
+    prefix = b'{"model":' + json.dumps(model).encode() + b',"version":' + str(version).encode()
     names = {"x-model": model, "x-model-version": str(version), **extra}
     headers = [*_JSON, *((k.lower().encode(), v.encode()) for k, v in names.items())]
     return Target(model, version, backend, timeout_s, None, headers, prefix + b',"predictions":')
@@ -174,13 +183,19 @@ def make_route(
             status, body = problem.status, problem.body(route=ep.path)
         except BackendError as exc:
             metrics.backend_error(ep.path, variant, exc.kind)
-            status, body = exc.status, exc.body(route=ep.path, model=variant)
+            rid = request_id()
+            if exc.status >= 500:
+                log.warning("request %s to %s (%s): %s", rid, ep.path, variant, exc.message)
+            status, body = exc.status, exc.body(rid, route=ep.path, model=variant)
+            headers = [*_JSON, (b"x-request-id", rid.encode())]
         except ClientGone:
             metrics.observe(ep.path, variant, CLIENT_GONE, time.perf_counter() - start)
             return
         except Exception:
-            log.exception("route %s failed", ep.path)
-            status, body = 500, _INTERNAL
+            rid = request_id()
+            log.exception("request %s to %s failed", rid, ep.path)
+            status, body = 500, _internal(rid)
+            headers = [*_JSON, (b"x-request-id", rid.encode())]
         headers = [*headers, (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -219,6 +234,11 @@ def make_route(
         response_model=Prediction,
         responses=ERROR_RESPONSES,
     )
+
+
+def _internal(rid: str) -> bytes:
+    message = "the router failed; the request id names the details in its log"
+    return json.dumps({"error": "internal_error", "message": message, "request_id": rid}).encode()
 
 
 class ClientGone(Exception):

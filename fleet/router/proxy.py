@@ -47,10 +47,24 @@ class BackendError(Exception):
         self.kind = kind
         super().__init__(message)
 
-    def body(self, **context: str) -> bytes:
-        """The JSON body the caller gets (with `context` such as route and model)."""
-        payload = {"error": self.error, "message": self.message, **context, "problems": []}
-        return json.dumps(payload).encode()
+    def body(self, request_id: str, **context: str) -> bytes:
+        """The JSON body the caller gets (with `context` such as route and model).
+
+        A model server's 4xx is about the caller's input: its message is passed on. A 5xx
+        body says only what kind of failure it was and the request id; `message`, which
+        names the model server's address, goes to the router's log under that id.
+        """
+        message = self.message if self.status < 500 else _PUBLIC[self.error]
+        payload = {"error": self.error, "message": message, "request_id": request_id}
+        return json.dumps({**payload, **context, "problems": []}).encode()
+
+
+_PUBLIC = {
+    "backend_timeout": "the model server did not answer in time",
+    "backend_unavailable": "the model server is unavailable; try again later",
+    "backend_error": "the model server failed",
+}
+"""What a caller learns of a failed model server call (details are in the router log)."""
 
 
 def timeout_error(backend: str, timeout_s: float) -> BackendError:

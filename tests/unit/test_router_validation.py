@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from fleet.errors import RoutesConfigError
 from fleet.router.app import create_app
+from fleet.router.endpoints import target
 from fleet.router.validation import (
     MAX_PROBLEMS,
     NAME_CHARS,
@@ -306,6 +307,30 @@ def test_app_answers_bad_requests_with_a_named_problem(
     assert body["message"] and body["problems"][0]["field"]
 
 
+def test_an_encoded_slash_is_refused_not_decoded_into_a_route(client: TestClient) -> None:
+    resp = client.post(
+        "/probability%2F1/TAXI/a", content=b"{}", headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 400 and resp.json()["error"] == "bad_path"
+    assert client.get("/docs%2f").status_code == 400
+
+
+def test_a_trailing_slash_is_not_redirected_to_the_host_header(client: TestClient) -> None:
+    resp = client.post(
+        "/probability/1/TAXI/a/",
+        content=b"{}",
+        headers={"content-type": "application/json", "host": "evil.example"},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 404 and "location" not in resp.headers
+
+
+def test_a_model_name_is_escaped_in_the_answer() -> None:
+    name = 'm"\\x'
+    answer = target(name, 3, CLOSED, 1.0).prefix + b"[0.5]}"
+    assert json.loads(answer) == {"model": name, "version": 3, "predictions": [0.5]}
+
+
 def test_body_over_limit_without_content_length_is_413(client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(20):
@@ -326,7 +351,7 @@ def test_valid_input_reaches_the_backend(client: TestClient) -> None:
     # Nothing listens on the backend's port: valid input passes validation and gets 503.
     resp = client.post("/probability/1/TAXI/b", json={"x": 1.0})
     assert resp.status_code == 503
-    assert resp.json()["model"] == "m_b" and CLOSED in resp.json()["message"]
+    assert resp.json()["model"] == "m_b" and CLOSED not in resp.text  # the address is logged
 
 
 def test_health_ready_and_metrics(client: TestClient) -> None:
