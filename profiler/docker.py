@@ -1,14 +1,25 @@
-"""The docker backend: the model image as a container, memory from its cgroup.
+"""The docker backend: the model image as a container in a sandbox, memory from its cgroup.
 
-The container shares the host's network namespace (`--network host`), so the profiler's
-traffic never leaves the loopback interface. Its server is moved to 127.0.0.1 on a free
-port: `--host`/`--port` values in the image's command are rewritten (the command is
-otherwise kept as the image has it), and `BENTOML_HOST`/`BENTOML_PORT`/`PORT` are set for
-images that take them from the environment. Memory is read from the container's memory
-cgroup (v1 or v2, `profiler.memory.find_cgroup`). No memory limit is set: the profile
-measures what the model takes, the limit comes from the measurement. An image the engine
-does not have is pulled first, logged in with the backend's registry credentials if any
-(`fleet.host.docker_cli.pull`: a private client config, nothing left behind).
+A model is code (a pyfunc is a pickle, run when the server loads it), so the container
+is fenced in the way the cluster fences its pods (docs/profiler.md, "Trust boundary"):
+- its own network namespace on the default `bridge` network, not the host's: it cannot
+  reach services that listen on the runner's loopback only (a local registry, MLflow on
+  localhost). Its server listens on 0.0.0.0:3000 inside (`--host`/`--port` in the
+  image's command are set to that, the command otherwise kept as the image has it;
+  `BENTOML_HOST`/`BENTOML_PORT`/`PORT` for images that take them from the environment),
+  and that one port is published on 127.0.0.1 only, on a free port the profiler talks to;
+- a memory limit at the model's `memory.ceiling_mib`, swap included (`--memory` equal to
+  `--memory-swap`): a model that needs more is OOM-killed, and the gate says so, naming
+  the ceiling (a killed worker counts too: the cgroup's `oom_kill` counter);
+- no capabilities, no privilege gain through setuid files, a read-only root with a
+  size-bound tmpfs at /tmp (the image's HOME and BENTOML_HOME are under it), a limit on
+  processes and threads, and the pods' non-root user (`fleet.host.images.UID`).
+
+Memory is read from the container's memory cgroup (v1 or v2,
+`profiler.memory.find_cgroup`); the limit does not change what is measured below it. An
+image the engine does not have is pulled first, logged in with the backend's registry
+credentials if any (`fleet.host.docker_cli.pull`: a private client config, nothing left
+behind).
 """
 
 from __future__ import annotations
@@ -19,17 +30,26 @@ from collections.abc import Callable
 
 from fleet.errors import BuildError
 from fleet.host import docker_cli
-from fleet.host.images import BuildSettings, build_image
+from fleet.host.images import PORT, UID, BuildSettings, build_image
 from fleet.host.processes import free_port
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
 from profiler.gate import ProfileGateError
-from profiler.memory import CgroupMemory, find_cgroup
+from profiler.memory import CgroupMemory, find_cgroup, parse_memory_stat
 
 ImageFor = Callable[[ResolvedModel, Registry | None], str]
 """(resolved, registry) -> image reference to run."""
 
 LABEL = "model-fleet.profiler=1"
+NETWORK = "bridge"
+"""Docker's default bridge network. An `--internal` network would also shut off the way
+out, but an engine publishes no port of a container on one."""
+CONTAINER_PORT = PORT
+"""Where the server listens inside the container: the model image's own port."""
+TMP_MIB = 256
+"""Size of the tmpfs at /tmp; its pages are charged to the container's memory."""
+PIDS_LIMIT = 256
+"""Processes and threads of the container: a BentoML server needs a few dozen."""
 
 
 def built_image(settings: BuildSettings | None = None) -> ImageFor:
@@ -51,7 +71,7 @@ def _fixed_image(ref: str) -> ImageFor:
 
 
 class DockerBackend:
-    """Runs the model image as a container on the host network."""
+    """Runs the model image as a sandboxed container, its port published on 127.0.0.1."""
 
     name = "docker"
 
@@ -66,11 +86,16 @@ class DockerBackend:
 
     def start(self, resolved: ResolvedModel, registry: Registry | None) -> ContainerServer:
         image = self.image_for(resolved, registry)
+        ceiling = resolved.model.settings.memory.ceiling_mib
         port = free_port()
-        env = {"BENTOML_HOST": "127.0.0.1", "BENTOML_PORT": str(port), "PORT": str(port)}
-        create = ["create", "--network", "host", "--label", LABEL]
+        env = {
+            "BENTOML_HOST": "0.0.0.0",
+            "BENTOML_PORT": str(CONTAINER_PORT),
+            "PORT": str(CONTAINER_PORT),
+        }
+        create = ["create", "--label", LABEL, *sandbox_args(port, ceiling)]
         create += [f"--env={k}={v}" for k, v in env.items()]
-        command = loopback_command(self._image_command(resolved, image), port)
+        command = bridge_command(self._image_command(resolved, image), CONTAINER_PORT)
         made = _docker(*create, image, *command)
         if made.returncode != 0:
             raise ProfileGateError(
@@ -84,10 +109,16 @@ class DockerBackend:
                 resolved.name,
                 [f"the container of {image} could not be started: {started.stderr.strip()}"],
             )
-        server = ContainerServer(cid, f"http://127.0.0.1:{port}")
+        server = ContainerServer(cid, f"http://127.0.0.1:{port}", ceiling_mib=ceiling)
         try:
             pid = _docker("inspect", "-f", "{{.State.Pid}}", cid).stdout.strip()
-            server.cgroup = find_cgroup(cid, int(pid) if pid.isdigit() else None)
+            try:
+                server.cgroup = find_cgroup(cid, int(pid) if pid.isdigit() else None)
+            except LookupError:
+                if server.exited() is None:
+                    raise
+                # Gone already (killed at its memory limit while starting, say): the
+                # readiness wait says why, with the container's last log lines.
         except BaseException:
             server.stop()
             raise
@@ -115,10 +146,14 @@ class DockerBackend:
 class ContainerServer:
     """A model server container started by DockerBackend."""
 
-    def __init__(self, container_id: str, url: str) -> None:
+    def __init__(self, container_id: str, url: str, ceiling_mib: int) -> None:
         self.container_id = container_id
         self.url = url
+        self.ceiling_mib = ceiling_mib
+        """The container's memory limit (the model's memory.ceiling_mib), for messages."""
         self.cgroup: CgroupMemory | None = None
+        self.oom_killed = False
+        """Whether the kernel has killed a process of the container for memory."""
 
     @property
     def memory_source(self) -> str:
@@ -130,16 +165,26 @@ class ContainerServer:
         return self.cgroup()
 
     def exited(self) -> str | None:
+        """Why the server is gone, or None while it runs.
+
+        A process of the container killed at the memory limit counts as gone although the
+        container may still run: BentoML starts a killed worker again, and the model has
+        shown that it does not fit under its ceiling.
+        """
+        if self.cgroup is not None and not self.oom_killed:
+            self.oom_killed = oom_kills(self.cgroup) > 0
         fmt = "{{.State.Running}} {{.State.ExitCode}} {{.State.OOMKilled}}"
         out = _docker("inspect", "-f", fmt, self.container_id, timeout=30)
+        if out.returncode == 0:
+            running, code, oom = [*out.stdout.split(), "", "", ""][:3]
+            if oom == "true" or self.oom_killed:
+                return out_of_memory(self.ceiling_mib, None if running == "true" else code)
+            return None if running == "true" else f"the container exited with code {code}"
+        if self.oom_killed:
+            return out_of_memory(self.ceiling_mib, None)
         if out.returncode == 124:
             return None  # a busy engine says nothing; the readiness timeout still applies
-        if out.returncode != 0:
-            return "the container is gone"
-        running, code, oom = [*out.stdout.split(), "", "", ""][:3]
-        if running == "true":
-            return None
-        return f"the container exited with code {code}" + (" (OOM killed)" if oom == "true" else "")
+        return "the container is gone"
 
     def log_tail(self, lines: int) -> list[str]:
         out = _docker("logs", "--tail", str(lines), self.container_id, timeout=60)
@@ -153,12 +198,35 @@ class ContainerServer:
         _docker("rm", "--force", self.container_id, timeout=900)
 
 
-def loopback_command(cmd: list[str], port: int) -> list[str]:
-    """`cmd` with its `--host`/`--port` values set to 127.0.0.1 and `port`.
+def sandbox_args(host_port: int, memory_mib: int) -> list[str]:
+    """The `docker create` options that fence the model's container in (module docstring).
+
+    One port published on 127.0.0.1 only; memory limited to `memory_mib` with no swap on
+    top (`--memory-swap` is memory plus swap); a tmpfs /tmp without exec, setuid or device
+    files, as the only writable place besides the engine's own /dev/shm.
+    """
+    memory = f"{memory_mib}m"
+    return [
+        f"--network={NETWORK}",
+        f"--publish=127.0.0.1:{host_port}:{CONTAINER_PORT}/tcp",
+        f"--memory={memory}",
+        f"--memory-swap={memory}",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--read-only",
+        f"--tmpfs=/tmp:rw,nosuid,nodev,noexec,size={TMP_MIB}m",
+        f"--pids-limit={PIDS_LIMIT}",
+        f"--user={UID}:{UID}",
+    ]
+
+
+def bridge_command(cmd: list[str], port: int) -> list[str]:
+    """`cmd` with its `--host`/`--port` values set to 0.0.0.0 and `port`: on the bridge
+    network the published port reaches the container's own interface, not its loopback.
 
     Empty (keep the image's command) when it has neither option.
     """
-    values = {"--host": "127.0.0.1", "--port": str(port)}
+    values = {"--host": "0.0.0.0", "--port": str(port)}
     out: list[str] = []
     changed = False
     skip = False
@@ -174,6 +242,30 @@ def loopback_command(cmd: list[str], port: int) -> list[str]:
         else:
             out.append(arg)
     return out if changed else []
+
+
+def oom_kills(cgroup: CgroupMemory) -> int:
+    """Processes the kernel has killed in `cgroup` for want of memory (0 when unknown).
+
+    v1: `oom_kill` of memory.oom_control (kernel 4.13 and later); v2: `oom_kill` of
+    memory.events.
+    """
+    name = "memory.oom_control" if cgroup.version == 1 else "memory.events"
+    try:
+        return parse_memory_stat((cgroup.path / name).read_text()).get("oom_kill", 0)
+    except OSError:
+        return 0  # the cgroup is gone with the container; docker inspect tells the rest
+
+
+def out_of_memory(ceiling_mib: int, exit_code: str | None) -> str:
+    """The gate's words for a container whose memory reached its limit, the model's ceiling.
+
+    `exit_code` is None while the container still runs (a worker was killed).
+    """
+    limit = f"its limit, the model's ceiling of {ceiling_mib} MiB (memory.ceiling_mib)"
+    if exit_code is None:
+        return f"out of memory: a process of the container was OOM-killed at {limit}"
+    return f"out of memory: the container exited with code {exit_code} after an OOM kill at {limit}"
 
 
 def _docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

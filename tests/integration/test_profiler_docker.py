@@ -2,11 +2,14 @@
 
 Skipped, with the reason, only when no Docker engine answers. The image is the one
 fleet.host.images makes for a small demo model with default settings; other tests build
-the same one, so it is usually found under its tag.
+the same one, so it is usually found under its tag. The sandbox is checked on the
+running container, as the engine reports it (`docker inspect`), not on our arguments.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -17,7 +20,8 @@ from fleet.host.model_store import ModelStore
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
 from profiler import LoadPlan, ProfileGateError, ProfileOptions, profile
-from profiler.docker import LABEL, DockerBackend
+from profiler.docker import LABEL, ContainerServer, DockerBackend
+from profiler.memory import MIB
 from tests.support import by_name, docker_problem
 
 SMALL = "match_probability_1_TAXI_trafficaware"
@@ -48,15 +52,57 @@ def our_containers(image_ref: str) -> list[str]:
     return ps.split()
 
 
+class Inspected(DockerBackend):
+    """The docker backend, keeping `docker inspect` of each container once it has started."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(image)
+        self.seen: list[dict[str, Any]] = []
+
+    def start(self, resolved: ResolvedModel, registry: Registry | None) -> ContainerServer:
+        server = super().start(resolved, registry)
+        self.seen += json.loads(docker_cli.check("inspect", server.container_id))
+        return server
+
+
+def with_ceiling(resolved: ResolvedModel, ceiling_mib: int) -> ResolvedModel:
+    settings = resolved.model.settings
+    memory = settings.memory.model_copy(update={"ceiling_mib": ceiling_mib})
+    model = resolved.model.model_copy(
+        update={"settings": settings.model_copy(update={"memory": memory})}
+    )
+    return dataclasses.replace(resolved, model=model)
+
+
 def test_docker_backend_measures_the_container_cgroup(image: Any) -> None:
     resolved, built = image
+    backend = Inspected(built.image_ref)
     report = profile(
         resolved,
         None,  # the image holds the model
-        backend=DockerBackend(built.image_ref),
+        backend=backend,
         options=OPTIONS,
         content_hash=built.content_hash,
     )
+    # the sandbox, on the container that ran
+    [inspected] = backend.seen
+    assert inspected["State"]["Running"] is True
+    host = inspected["HostConfig"]
+    assert host["NetworkMode"] not in ("host", "none", "")
+    [(container_port, bindings)] = host["PortBindings"].items()
+    assert container_port == "3000/tcp"
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    ports = inspected["NetworkSettings"]["Ports"][container_port]
+    assert {p["HostIp"] for p in ports} == {"127.0.0.1"}
+    ceiling = resolved.model.settings.memory.ceiling_mib
+    assert host["Memory"] == ceiling * MIB and host["MemorySwap"] == host["Memory"]
+    assert "ALL" in host["CapDrop"] and not host["CapAdd"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
+    assert set(host["Tmpfs"]) == {"/tmp"} and "size=" in host["Tmpfs"]["/tmp"]
+    assert host["PidsLimit"] and host["PidsLimit"] > 0
+    user = inspected["Config"]["User"]
+    assert user and user.split(":")[0] not in ("0", "root")
     assert report.backend == "docker" and report.content_hash == built.content_hash
     assert report.memory.source.startswith("cgroup v")
     # the server's Python, BentoML and MLflow: hundreds of MiB, not a few and not gigabytes
@@ -78,3 +124,22 @@ def test_an_image_that_cannot_start_fails_the_gate(image: Any) -> None:
             content_hash="h",
         )
     assert "no image model-fleet/no-such-image:1" in str(info.value)
+
+
+def test_a_model_above_its_ceiling_is_oom_killed_and_the_gate_says_so(image: Any) -> None:
+    # The container's memory limit is the ceiling: at 64 MiB the server cannot even load.
+    resolved, built = image
+    with pytest.raises(ProfileGateError) as info:
+        profile(
+            with_ceiling(resolved, 64),
+            None,
+            backend=DockerBackend(built.image_ref),
+            options=OPTIONS,
+            content_hash=built.content_hash,
+        )
+    message = str(info.value)
+    assert f"model '{resolved.name}'" in message
+    [problem] = info.value.problems
+    assert "out of memory" in problem and "OOM" in problem
+    assert "ceiling of 64 MiB (memory.ceiling_mib)" in problem
+    assert our_containers(built.image_ref) == []
