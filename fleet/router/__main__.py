@@ -10,6 +10,7 @@ import uvicorn
 from fleet.errors import RoutesConfigError
 from fleet.router.app import create_app
 from fleet.router.config import load_routes_config
+from fleet.router.server import bounded_protocol
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         access_log=args.access_log,
         # One process per pod: Kubernetes scales the router by replicas.
         workers=1,
+        # What one client can hold of the router (fleet/router/server.py).
+        http=bounded_protocol(config.limits),
+        limit_concurrency=config.limits.client_connections,
+        ws="none",
     )
     return 0
 

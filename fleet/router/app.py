@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from fleet.router.coalesce import Coalescer
 from fleet.router.config import RoutesConfig, ShadowRef, parse_routes_config
-from fleet.router.endpoints import Handler, ModelRoute, PathEndpoint, make_route, target
+from fleet.router.endpoints import Bodies, Handler, ModelRoute, PathEndpoint, make_route, target
 from fleet.router.health import BackendHealth
 from fleet.router.metrics import UNMATCHED, RouterMetrics
 from fleet.router.proxy import Proxy
@@ -96,6 +96,7 @@ def create_app(
     backends = Coalescer(proxy, cfg.limits.backend_calls, cfg.limits.max_batch)
     metrics = RouterMetrics()
     shadows = Shadows(proxy, metrics, cfg.limits.shadow_calls)
+    bodies = Bodies(cfg.limits)
     state = {"ready": False}
     models_of: dict[str, list[str]] = {}
     for r in cfg.routes:
@@ -144,7 +145,7 @@ def create_app(
     for r in cfg.routes:
         proxy.add(r.backend)
     for ep, tags in _endpoints(cfg):
-        route: ModelRoute = make_route(ep, backends, shadows, metrics, cfg.limits, tags)
+        route: ModelRoute = make_route(ep, backends, bodies, shadows, metrics, cfg.limits, tags)
         app.router.routes.append(route)
         app.fast[route.path] = route.handler
 

@@ -9,7 +9,7 @@ Format (version 1)::
     {
       "version": 1,
       "limits": {"max_batch": 1000, "max_body_bytes": 1048576, "timeout_s": 5.0,
-                 "backend_calls": 2, "shadow_calls": 4},
+                 "backend_calls": 2, "shadow_calls": 4, "client_connections": 1000, ...},
       "routes": [
         {"path": "/probability/1/TAXI/trafficaware",
          "model": "match_probability_1_TAXI_trafficaware",
@@ -29,7 +29,9 @@ Format (version 1)::
 - `limits` apply to every route: records per request (`max_batch`), request body size
   (`max_body_bytes`, larger bodies get 413), the default backend timeout, and how many
   calls may be in flight per model server before requests wait and are sent together
-  (`backend_calls`, 0 for no limit).
+  (`backend_calls`, 0 for no limit); and what one client can hold of the router
+  (connections, head size and count, head and body read timeouts, bodies held at once,
+  pipelined requests: fleet/router/server.py).
 - A route's `backend` is the model server's base URL; the router POSTs
   `{"records": [...]}` to `<backend>/predict` (the model server API). `inputs` are the
   signature's columns (`fleet.schema.Column`), used to validate requests before they
@@ -74,6 +76,25 @@ class RouterLimits(_Strict):
     """Calls in flight per model server; requests beyond wait and go together as one
     call of at most `max_batch` records (fleet/router/coalesce.py). 0: one call per
     request, no limit."""
+    client_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """Open client connections; a request on a connection beyond gets 503."""
+    header_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16_384
+    """Longest request line plus headers; longer get 431 and the connection closes."""
+    header_count: Annotated[int, Field(ge=8, le=1000)] = 100
+    """Most headers in a request; more get 431 and the connection closes."""
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """Time for a request's head to arrive, from the connection's opening or the previous
+    answer; a late one gets 408, an idle connection is closed."""
+    body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """Time for a request's body to arrive once its head has; a late one gets 408 and the
+    connection closes."""
+    buffered_body_bytes: Annotated[int, Field(ge=65_536)] = 33_554_432
+    """Request bodies held at once, over all requests (a request's Content-Length counts
+    from its start); a body that does not fit gets 503 at once, so stalled uploads cannot
+    fill the router's memory."""
+    pipelined: Annotated[int, Field(ge=0, le=1000)] = 8
+    """Requests a client may queue on one connection behind the one being answered; more
+    close the connection."""
     shadow_calls: Annotated[int, Field(ge=1, le=1024)] = 4
     """Shadow calls in flight per route; a request picked for the shadow while this many
     are in flight is not copied (counted as dropped), so a slow shadow costs a bounded

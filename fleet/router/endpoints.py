@@ -12,6 +12,7 @@ pass, forwards them and answers with pre-encoded headers.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -72,11 +73,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "Body is not JSON",
+        408: "Request head or body not sent in time",
         413: "Body over the size limit",
         415: "Content-Type is not application/json",
+        431: "Request head too large",
         422: "Records do not match the model's signature",
         502: "Model server failed",
-        503: "Model server unreachable or overloaded",
+        503: "Model server unreachable or overloaded, or the router busy",
         504: "Model server timed out",
     }.items()
 }
@@ -138,6 +141,7 @@ class ModelRoute(APIRoute):
 def make_route(
     ep: PathEndpoint,
     backends: Coalescer,
+    bodies: Bodies,
     shadows: Shadows,
     metrics: RouterMetrics,
     limits: RouterLimits,
@@ -167,8 +171,11 @@ def make_route(
         copy: tuple[list[Any], bytes | None, bytes] | None = None
         try:
             check_content_type(content_type.decode("latin-1") if content_type else None)
-            raw = await read_body(receive, length, limits.max_body_bytes)
-            records = ep.schema.parse(raw)
+            raw = await bodies.read(receive, length)
+            try:
+                records = ep.schema.parse(raw)
+            finally:
+                bodies.release(len(raw))
             chosen = ep.choose(key.decode("latin-1") if key else None, rng)
             variant = chosen.model
             payload = ep.schema.dump(records, chosen.only)
@@ -197,6 +204,8 @@ def make_route(
             status, body = 500, _internal(rid)
             headers = [*_JSON, (b"x-request-id", rid.encode())]
         headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if status == 408:
+            headers.append((b"connection", b"close"))  # a stalled upload: drop the client
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         metrics.observe(ep.path, variant, status, time.perf_counter() - start)
@@ -245,23 +254,63 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived: nobody to answer."""
 
 
-async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit`."""
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _too_large(limit, f"Content-Length is {length.decode()}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, "the body is longer")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+class Bodies:
+    """Reads request bodies within the router's limits: size (413), time once the head
+    is in (408), and bytes held at once over all requests (503: a request's declared
+    Content-Length counts from its start), so that clients stalling their uploads hold
+    neither the router's memory nor its connections for long."""
+
+    def __init__(self, limits: RouterLimits) -> None:
+        self.limits = limits
+        self.held = 0
+        """Bytes of request bodies being read or parsed right now."""
+
+    async def read(self, receive: Receive, length: bytes | None) -> bytes:
+        """The whole body; its bytes count as held until `release(len(body))`."""
+        limit = self.limits.max_body_bytes
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > limit:
+            raise _too_large(limit, f"Content-Length is {length.decode() if length else ''}")
+        taken = 0
+        done = False
+        try:
+            if declared:
+                taken = self._take(declared)
+            chunks: list[bytes] = []
+            size = 0
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit, "the body is longer")
+                    if size > taken:
+                        taken += self._take(size - taken)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        done = True
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            timeout = self.limits.body_timeout_s
+            problem = f"the body did not arrive within {timeout:g} s"
+            late = RequestProblem(408, "body_timeout", [{"field": "(body)", "problem": problem}])
+            raise late from None
+        finally:
+            if not done:
+                self.release(taken)
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+    def _take(self, size: int) -> int:
+        if self.held + size > self.limits.buffered_body_bytes:
+            problem = "the router holds as many request bodies as it may; retry shortly"
+            raise RequestProblem(503, "router_busy", [{"field": "(body)", "problem": problem}])
+        self.held += size
+        return size
 
 
 def _too_large(limit: int, got: str) -> RequestProblem:

@@ -1,0 +1,178 @@
+"""The router's HTTP protocol: uvicorn's httptools protocol, bounded against its clients.
+
+uvicorn bounds no request head (a 50 MB header is read whole), arms its keep-alive
+timeout only after an answer (a connection that never sends a request, or sends its
+head a byte at a time, is held for good) and queues pipelined requests without limit.
+Each of these lets a few clients hold the router's memory or connections. This protocol
+adds, from the routes config's `limits` (`fleet.router.config.RouterLimits`):
+
+- `header_bytes`, `header_count`: a request line plus headers longer, or more headers,
+  get 431 and the connection is closed;
+- `header_timeout_s`: a request head must arrive within this long of the connection
+  opening or of the previous answer; late heads get 408 (an idle connection is just
+  closed), so slow-header and idle-connection floods are shed;
+- `pipelined`: more requests queued behind the one being answered close the connection;
+- a client that pipelines and hangs up: the request being answered is marked
+  disconnected (uvicorn marks only the last one read), so no traceback per request.
+
+The body's read timeout and the bound on bodies held at once are the routes' own
+(`fleet.router.endpoints.read_body`); the bound on connections is uvicorn's
+`limit_concurrency` (503), set from `client_connections` (`fleet.router.__main__`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httptools
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from fleet.router.config import RouterLimits
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: answer `status` and close the connection."""
+
+    def __init__(self, status: int, error: str, problem: str) -> None:
+        self.status = status
+        self.error = error
+        self.problem = problem
+        super().__init__(problem)
+
+
+def bounded_protocol(limits: RouterLimits) -> type[HttpToolsProtocol]:
+    """The protocol class uvicorn runs (`http=`) with `limits`."""
+    return type("BoundedProtocol", (BoundedProtocol,), {"limits": limits})
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds of the module docstring."""
+
+    limits: RouterLimits
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_bytes = 0
+        self._head_count = 0
+        self._reading_head = False
+        self._refused: _Refused | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._running: RequestResponseCycle | None = None
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        # uvicorn marks only the last request read as disconnected; an earlier one still
+        # being answered (the client pipelined, then hung up) would write to the closed
+        # transport and log a traceback per request.
+        running = self._running
+        if running is not None and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
+        super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # the router serves no websockets
+        except httptools.HttpParserError as exc:
+            refused = self._refused or (
+                exc.__context__ if isinstance(exc.__context__, _Refused) else None
+            )
+            if refused is None:
+                self.send_400_response("Invalid HTTP request received.")
+            else:
+                self._refuse(refused)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._head_count = 0
+        self._reading_head = True
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_count += 1
+        if self._head_count > self.limits.header_count:
+            self._raise(431, "headers_too_many", f"more than {self.limits.header_count} headers")
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+        if len(self.pipeline) > self.limits.pipelined:
+            # A client that sends this many requests without reading an answer is not
+            # one the router owes answers to: nothing more is read from it.
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm_head_timer()  # the next request's head, or an idle connection
+
+    # bounds
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.limits.header_bytes:
+            limit = self.limits.header_bytes
+            self._raise(431, "headers_too_large", f"request line and headers over {limit} bytes")
+
+    def _raise(self, status: int, error: str, problem: str) -> None:
+        self._refused = _Refused(status, error, problem)
+        raise self._refused
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                self.limits.header_timeout_s, self._head_timed_out
+            )
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._reading_head:
+            timeout = self.limits.header_timeout_s
+            self._refuse(
+                _Refused(408, "head_timeout", f"request head not sent within {timeout:g} s")
+            )
+        elif self.cycle is None or self.cycle.response_complete:
+            self.transport.close()  # idle: no request came
+
+    def _refuse(self, refused: _Refused) -> None:
+        """Answer `refused` (unless an answer is being written) and close."""
+        if self.cycle is None or self.cycle.response_complete:
+            body = json.dumps(
+                {
+                    "error": refused.error,
+                    "message": refused.problem,
+                    "problems": [{"field": "(head)", "problem": refused.problem}],
+                }
+            ).encode()
+            head = b"HTTP/1.1 %d %s\r\n" % (refused.status, _REASONS[refused.status])
+            head += b"content-type: application/json\r\nconnection: close\r\n"
+            head += b"content-length: %d\r\n\r\n" % len(body)
+            self.transport.write(head + body)
+        self.transport.close()
