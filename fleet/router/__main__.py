@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         workers=1,
         # What one client can hold of the router (fleet/router/server.py).
         http=bounded_protocol(config.limits),
-        limit_concurrency=config.limits.client_connections,
         ws="none",
     )
     return 0

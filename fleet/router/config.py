@@ -76,8 +76,8 @@ class RouterLimits(_Strict):
     """Calls in flight per model server; requests beyond wait and go together as one
     call of at most `max_batch` records (fleet/router/coalesce.py). 0: one call per
     request, no limit."""
-    client_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    """Open client connections; a request on a connection beyond gets 503."""
+    client_connections: Annotated[int, Field(ge=1, le=100_000)] = 4096
+    """Open client connections; one more gets 503 and is closed at once."""
     header_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16_384
     """Longest request line plus headers; longer get 431 and the connection closes."""
     header_count: Annotated[int, Field(ge=8, le=1000)] = 100

@@ -15,9 +15,12 @@ adds, from the routes config's `limits` (`fleet.router.config.RouterLimits`):
 - a client that pipelines and hangs up: the request being answered is marked
   disconnected (uvicorn marks only the last one read), so no traceback per request.
 
+- `client_connections`: a connection past this many open ones gets 503 at once and is
+  closed (uvicorn's own `limit_concurrency` would answer 503 to every request of every
+  connection while an idle flood lasts).
+
 The body's read timeout and the bound on bodies held at once are the routes' own
-(`fleet.router.endpoints.read_body`); the bound on connections is uvicorn's
-`limit_concurrency` (503), set from `client_connections` (`fleet.router.__main__`).
+(`fleet.router.endpoints.Bodies`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from fleet.router.config import RouterLimits
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_BUSY_BODY = json.dumps(
+    {
+        "error": "router_busy",
+        "message": "the router holds as many connections as it may; retry shortly",
+        "problems": [],
+    }
+).encode()
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 class _Refused(Exception):
@@ -55,6 +70,11 @@ class BoundedProtocol(HttpToolsProtocol):
     limits: RouterLimits
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.client_connections:
+            # Shed the newest connection, not the requests of those already served.
+            transport.write(_BUSY)
+            transport.close()
+            return
         self._head_bytes = 0
         self._head_count = 0
         self._reading_head = False
@@ -65,6 +85,8 @@ class BoundedProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return  # shed in connection_made: uvicorn never knew it
         self._disarm_head_timer()
         # uvicorn marks only the last request read as disconnected; an earlier one still
         # being answered (the client pipelined, then hung up) would write to the closed
@@ -80,6 +102,8 @@ class BoundedProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # shed in connection_made
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)

@@ -133,16 +133,27 @@ def test_a_head_sent_too_slowly_is_408_and_closed(router: Served) -> None:
     assert run(router, scenario) < LIMITS["header_timeout_s"] + 1.5
 
 
-def test_idle_connections_are_closed_after_the_head_timeout(router: Served) -> None:
-    async def scenario(port: int) -> list[bool]:
+def test_idle_connections_are_closed_and_those_past_the_limit_shed(router: Served) -> None:
+    async def first_bytes(reader: asyncio.StreamReader, timeout: float) -> bytes | None:
+        try:
+            return await asyncio.wait_for(reader.read(100), timeout)
+        except TimeoutError:
+            return None  # still open, nothing said
+
+    async def scenario(port: int) -> tuple[list[bytes | None], list[bool]]:
         opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(150)]
-        # More connections than client_connections are open: a request waits them out.
-        closed = await asyncio.gather(*(_closed(r, timeout=3.0) for r, _ in opened))
+        said = await asyncio.gather(*(first_bytes(r, 0.5) for r, _ in opened))
+        idle = [r for (r, _), first in zip(opened, said, strict=True) if first is None]
+        closed = await asyncio.gather(*(_closed(r, timeout=3.0) for r in idle))
         for _, writer in opened:
             writer.close()
-        return list(closed)
+        return list(said), list(closed)
 
-    assert all(run(router, scenario))
+    said, closed = run(router, scenario)
+    shed = [s for s in said if s is not None]
+    # Past client_connections (100): 503 at once; the others held until the head timeout.
+    assert len(shed) >= 50 and all(s.startswith(b"HTTP/1.1 503") for s in shed), shed[:3]
+    assert len(closed) >= 90 and all(closed)
     _normal_request_answers(router)
 
 

@@ -59,7 +59,7 @@ def test_build_routes_config_shape() -> None:
         "max_body_bytes": 1048576,
         "timeout_s": 5.0,
         "backend_calls": 2,
-        "client_connections": 1000,
+        "client_connections": 4096,
         "header_bytes": 16384,
         "header_count": 100,
         "header_timeout_s": 10.0,
