@@ -205,7 +205,11 @@ def make_route(
             headers = [*_JSON, (b"x-request-id", rid.encode())]
         headers = [*headers, (b"content-length", b"%d" % len(body))]
         if status == 408:
-            headers.append((b"connection", b"close"))  # a stalled upload: drop the client
+            # A stalled upload: drop the client. (Other refusals before the body was read
+            # keep the connection: the server discards the rest of the body, and closing
+            # with unread bytes would reset the connection before the client reads the
+            # answer. A body that never ends is closed by the head timeout.)
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         metrics.observe(ep.path, variant, status, time.perf_counter() - start)
