@@ -18,6 +18,8 @@ from fleet.errors import ConfigError
 from fleet.host.images import DEFAULT_BASE_IMAGE
 
 NAMESPACE = "fleet"
+INGRESS_NAMESPACE = "ingress-nginx"
+"""Default namespace of the ingress controller (`fleet:ingressNamespace`)."""
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A Kubernetes namespace name (RFC 1123 label)."""
 
@@ -32,6 +34,13 @@ class IngressConfig:
     """IngressClass of the controller that serves it."""
     tls_secret: str | None = None
     """Name of an existing `kubernetes.io/tls` Secret for `host`; no TLS when unset."""
+    controller_namespace: str = INGRESS_NAMESPACE
+    """Namespace of the ingress controller's pods (`fleet:ingressNamespace`): the router
+    pods' NetworkPolicy lets them in, and (with Prometheus) no other namespace."""
+    public_docs: bool = True
+    """Whether the Ingress also serves the router's `/docs` and `/openapi.json`
+    (`fleet:publicDocs`); the model and experiment routes are always served, `/metrics`
+    never."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +111,8 @@ class StackConfig:
     """`fleet:routerLimits`: fields of models.yaml's `router:` limits this stack overrides
     (validated with them, `fleet.spec.Fleet.with_router_limits`)."""
     prometheus_namespace: str | None = None
-    """Namespace of the cluster's Prometheus: the model pods' NetworkPolicy lets it in to
-    scrape `/metrics`; None (the default) adds no such rule."""
+    """Namespace of the cluster's Prometheus: the model and router pods' NetworkPolicies
+    let it in to scrape `/metrics`; None (the default) adds no such rule."""
 
 
 def load_stack_config() -> StackConfig:
@@ -135,10 +144,11 @@ def load_stack_config() -> StackConfig:
     if requests < 1:
         raise ConfigError(f"fleet:profileRequests must be at least 1 (got {requests})")
     prometheus = cfg.get("prometheusNamespace") or None
-    if prometheus is not None and not DNS_LABEL.fullmatch(prometheus):
-        raise ConfigError(
-            f"fleet:prometheusNamespace must be a namespace name (DNS label), not {prometheus!r}"
-        )
+    if prometheus is not None:
+        _namespace_name(prometheus, "prometheusNamespace")
+    ingress_namespace = _namespace_name(
+        cfg.get("ingressNamespace") or INGRESS_NAMESPACE, "ingressNamespace"
+    )
     return StackConfig(
         stack=pulumi.get_stack(),
         namespace=cfg.get("namespace") or NAMESPACE,
@@ -159,6 +169,8 @@ def load_stack_config() -> StackConfig:
             host=_required(ingress, "host", "ingress"),
             class_name=str(ingress.get("className", "nginx")),
             tls_secret=ingress.get("tlsSecret"),
+            controller_namespace=ingress_namespace,
+            public_docs=cfg.get_bool("publicDocs", True),
         ),
         registry_auth=auth,
         # A remote tracking server needs a token, or a user and password (basic auth); a
@@ -187,6 +199,13 @@ def mlflow_credentials_for_reads() -> dict[str, str]:
     keys = {"token": "mlflowToken", "username": "mlflowUsername", "password": "mlflowPassword"}
     found = {k: pulumi.runtime.get_config(f"fleet:{key}") for k, key in keys.items()}
     return {k: str(v) for k, v in found.items() if v}
+
+
+def _namespace_name(value: str, key: str) -> str:
+    """`value` when it is a namespace name; else ConfigError naming `fleet:<key>`."""
+    if not DNS_LABEL.fullmatch(value):
+        raise ConfigError(f"fleet:{key} must be a namespace name (DNS label), not {value!r}")
+    return value
 
 
 def _required(obj: dict[str, Any], key: str, parent: str) -> str:

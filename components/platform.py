@@ -1,4 +1,8 @@
-"""`Platform`: the namespace the fleet runs in, and the registry pull Secret."""
+"""`Platform`: the namespace the fleet runs in, the registry pull Secret, and the
+NetworkPolicies that fence in the model and router pods (`components.network`).
+
+Every model and the router wait for the platform (`components.program.deploy_fleet`), so
+the policies exist before the first pod of either starts."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import RegistryAuth
+from components.config import INGRESS_NAMESPACE, RegistryAuth
+from components.network import Fences, network_policies
 from components.pod import MANAGED_BY, PART_OF
 
 PULL_SECRET = "fleet-registry"
@@ -26,6 +31,11 @@ class PlatformArgs:
     """Registry credentials; a pull Secret is made from them when set."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object."""
+    ingress_namespace: str = INGRESS_NAMESPACE
+    """Namespace of the ingress controller, let in to the router pods."""
+    prometheus_namespace: str | None = None
+    """Namespace of the cluster's Prometheus, let in to the model and router pods (their
+    `/metrics`); None: no such rule."""
 
 
 def namespace_metadata(name: str, extra: dict[str, str]) -> dict[str, Any]:
@@ -72,4 +82,16 @@ class Platform(pulumi.ComponentResource):
                 opts=child,
             )
             self.pull_secrets = [PULL_SECRET]
+        fences = Fences(
+            namespace=args.namespace,
+            ingress_namespace=args.ingress_namespace,
+            prometheus_namespace=args.prometheus_namespace,
+            extra_labels=args.extra_labels,
+        )
+        for suffix, pol in network_policies(fences).items():
+            # In the Namespace's own output, as the Secret: created once it exists.
+            meta = {**pol["metadata"], "namespace": ns.metadata.name}
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{suffix}", metadata=meta, spec=pol["spec"], opts=child
+            )
         self.register_outputs({"namespace": args.namespace, "pull_secrets": self.pull_secrets})

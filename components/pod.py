@@ -26,6 +26,15 @@ RUN_AS_USER = UID
 Text = str | pulumi.Output[str]
 """A string that may still be unknown at program time."""
 
+SCRATCH_MIB = 128
+"""`sizeLimit` of each emptyDir: the kubelet evicts a pod that writes more into one."""
+EPHEMERAL_REQUEST_MIB = 64
+"""`ephemeral-storage` request of a container: node disk its emptyDirs and logs use."""
+EPHEMERAL_LIMIT_MIB = 256
+"""`ephemeral-storage` limit of a container; the pod (one container) is evicted when its
+emptyDirs, writable layer and logs together use more. As the profiler's /tmp
+(`profiler.docker.TMP_MIB`), where a model server ran under its measurement."""
+
 
 def labels(
     name: str, instance: str, component: str, version: str, extra: dict[str, str] | None = None
@@ -101,6 +110,12 @@ class PodParams:
     """Plain environment; never secrets."""
     scratch: dict[str, str] = field(default_factory=lambda: {"tmp": "/tmp"})
     """emptyDir volume name -> mount path: the only writable places (root is read-only)."""
+    scratch_mib: int = SCRATCH_MIB
+    """`sizeLimit` of each of those emptyDirs."""
+    ephemeral_request_mib: int = EPHEMERAL_REQUEST_MIB
+    """`ephemeral-storage` request of the container."""
+    ephemeral_limit_mib: int = EPHEMERAL_LIMIT_MIB
+    """`ephemeral-storage` limit of the container (emptyDirs, writable layer and logs)."""
     config_maps: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Volume name -> (ConfigMap name, mount path), mounted read-only."""
     image_pull_secrets: list[str] = field(default_factory=list)
@@ -118,7 +133,9 @@ def pod_spec(p: PodParams) -> dict[str, Any]:
     mounts += [
         {"name": v, "mountPath": path, "readOnly": True} for v, (_, path) in p.config_maps.items()
     ]
-    volumes: list[dict[str, Any]] = [{"name": v, "emptyDir": {}} for v in p.scratch]
+    volumes: list[dict[str, Any]] = [
+        {"name": v, "emptyDir": {"sizeLimit": mib(p.scratch_mib)}} for v in p.scratch
+    ]
     volumes += [{"name": v, "configMap": {"name": cm}} for v, (cm, _) in p.config_maps.items()]
     container: dict[str, Any] = {
         "name": p.container,
@@ -127,9 +144,13 @@ def pod_spec(p: PodParams) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": p.port, "protocol": "TCP"}],
         "env": [{"name": k, "value": v} for k, v in sorted(p.env.items())],
         "resources": {
-            "requests": {"cpu": p.cpu, "memory": p.memory_request},
+            "requests": {
+                "cpu": p.cpu,
+                "memory": p.memory_request,
+                "ephemeral-storage": mib(p.ephemeral_request_mib),
+            },
             # No CPU limit: throttling hurts latency more than a noisy neighbour does.
-            "limits": {"memory": p.memory_limit},
+            "limits": {"memory": p.memory_limit, "ephemeral-storage": mib(p.ephemeral_limit_mib)},
         },
         "startupProbe": {
             "httpGet": {"path": p.liveness_path, **probe},

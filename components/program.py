@@ -56,13 +56,21 @@ def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
 
 
 def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) -> FleetDeployment:
-    """Every component of the stack: platform, one ModelService per model, the router."""
+    """Every component of the stack: the platform (namespace, pull Secret,
+    NetworkPolicies), one ModelService per model, the router."""
     platform = Platform(
         "platform",
         PlatformArgs(
-            namespace=cfg.namespace, auth=cfg.registry_auth, extra_labels=cfg.extra_labels
+            namespace=cfg.namespace,
+            auth=cfg.registry_auth,
+            extra_labels=cfg.extra_labels,
+            ingress_namespace=cfg.ingress.controller_namespace,
+            prometheus_namespace=cfg.prometheus_namespace,
         ),
     )
+    # Every model and the router wait for the whole platform (a component stands for its
+    # children): the namespace, the pull Secret and the NetworkPolicies exist before any
+    # of their pods.
     after_platform = pulumi.ResourceOptions(depends_on=[platform])
     build = build_settings(cfg)
     services = {
@@ -105,7 +113,6 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
             # Routes name model versions: they move once the models have rolled out. The
             # rest of the router (its image above all) does not wait for the models.
             routes_after=list(services.values()),
-            prometheus_namespace=cfg.prometheus_namespace,
         ),
         after_platform,
     )

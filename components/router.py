@@ -1,10 +1,11 @@
-"""`Router`: the routes ConfigMap, the router Deployment, its Service and Ingress, and the
-NetworkPolicy that lets model pods take traffic from the router only.
+"""`Router`: the routes ConfigMap, the router Deployment, its Service and its Ingress,
+which publishes the routes (and, with `fleet:publicDocs`, the API docs) and nothing else.
 
 Only the routes ConfigMap and the Deployment that serves them wait for the models
 (`RouterArgs.routes_after`): routes name model versions, so they move once those serve.
-The router image, Service, Ingress and NetworkPolicy wait for nothing of the models: the
-image builds while the models build, and the policy guards model pods from their start.
+The router image, Service and Ingress wait for nothing of the models: the image builds
+while the models build. The NetworkPolicies (router's and models') are the Platform's,
+so they exist before any model or router pod.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from components.router_manifests import (
     RouterObjects,
     checksum,
     image_version,
-    models_network_policy,
     router_deployment,
     router_ingress,
     router_pdb,
@@ -50,7 +50,7 @@ class RouterArgs:
     namespace: str
     """Namespace of the router and the model Services."""
     ingress: IngressConfig
-    """Ingress class, host and TLS Secret."""
+    """Ingress class, host, TLS Secret and whether the API docs are public."""
     build: BuildSettings | None = None
     """Build the router image with these settings (the model images' ones)..."""
     image: str | None = None
@@ -72,9 +72,6 @@ class RouterArgs:
     routes_after: Sequence[pulumi.Resource] = ()
     """What the routes ConfigMap and the router Deployment wait for: every model's
     ModelService, so the routes never name a version before its pods and Service exist."""
-    prometheus_namespace: str | None = None
-    """Namespace of the cluster's Prometheus, let through the NetworkPolicy to the model
-    pods' port (their `/metrics`); None: no such rule."""
 
 
 class Router(pulumi.ComponentResource):
@@ -114,7 +111,6 @@ class Router(pulumi.ComponentResource):
             memory_mib=args.memory_mib,
             image_pull_secrets=args.image_pull_secrets,
             extra_labels=args.extra_labels,
-            prometheus_namespace=args.prometheus_namespace,
         )
         self.config_checksum = checksum(objects.routes_json)
         after_models = pulumi.ResourceOptions(parent=self, depends_on=list(args.routes_after))
@@ -143,10 +139,6 @@ class Router(pulumi.ComponentResource):
         ing = router_ingress(objects)
         k8s.networking.v1.Ingress(
             f"{name}-ingress", metadata=ing["metadata"], spec=ing["spec"], opts=child
-        )
-        pol = models_network_policy(objects)
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-models-policy", metadata=pol["metadata"], spec=pol["spec"], opts=child
         )
         self.url = router_url(args.ingress)
         self.register_outputs(

@@ -1,4 +1,5 @@
-"""Pure builders for the router's Kubernetes objects and the model NetworkPolicy."""
+"""Pure builders for the router's Kubernetes objects (its NetworkPolicy and the models'
+are the platform's: `components.network`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.config import IngressConfig
-from components.manifests import MODEL_COMPONENT, MODEL_PORT
 from components.pod import (
-    PART_OF,
     PodParams,
     Text,
     deployment_spec,
@@ -27,8 +26,15 @@ ROUTER_PORT = 8080
 CONFIG_DIR = "/etc/fleet"
 CONFIG_FILE = "routes.json"
 ROUTES_VOLUME = "routes"
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-"""Label the API server sets on every namespace to its own name."""
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
+"""The router's API docs (FastAPI's Swagger UI, its OAuth2 redirect page, the OpenAPI
+document), published by the Ingress only with `fleet:publicDocs`."""
+ROUTER_OWN_PATHS = (*DOCS_PATHS, "/redoc", "/healthz", "/readyz", "/metrics")
+"""Every path the router serves besides the routes (tests/unit/test_manifests.py checks
+this against the router app). The Ingress never publishes one of them as a route."""
+EXACT_PATH = re.compile(r"/[A-Za-z0-9/_-]*")
+"""Paths an `Exact` Ingress path may hold: ingress-nginx refuses others (a dot, as in
+`/openapi.json`) with `strict-validate-path-type`, its default since v1.12."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,6 @@ class RouterObjects:
     """Registry Secrets to pull with."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object."""
-    prometheus_namespace: str | None = None
-    """Namespace of the cluster's Prometheus, let in to scrape the model pods; None: no
-    such rule."""
 
 
 def routes_json(config: dict[str, Any]) -> str:
@@ -165,17 +168,33 @@ def router_pdb(r: RouterObjects) -> dict[str, Any] | None:
     return {"metadata": _metadata(r), "spec": spec}
 
 
+def ingress_paths(r: RouterObjects) -> list[str]:
+    """What the Ingress publishes: each model and experiment route of the routes config,
+    then, with `public_docs`, the API docs. Never `/metrics`, `/healthz` or `/readyz`
+    (Prometheus scrapes `/metrics` in the cluster), nor a docs path as a route."""
+    config = json.loads(r.routes_json)
+    routes = [e["path"] for key in ("routes", "experiments") for e in config.get(key, [])]
+    paths = sorted(set(routes) - set(ROUTER_OWN_PATHS))
+    return paths + list(DOCS_PATHS) if r.ingress.public_docs else paths
+
+
+def ingress_path(path: str, backend: dict[str, Any]) -> dict[str, Any]:
+    """`path` alone: `Exact`; a path ingress-nginx does not take as `Exact` (a dot in it)
+    is `ImplementationSpecific`, which it matches as a prefix. The router answers only
+    its exact paths (no redirects, 404 for the rest), so a longer path reaches nothing."""
+    kind = "Exact" if EXACT_PATH.fullmatch(path) else "ImplementationSpecific"
+    return {"path": path, "pathType": kind, "backend": backend}
+
+
 def router_ingress(r: RouterObjects) -> dict[str, Any]:
+    """The Ingress: one path per route (and the docs with `public_docs`), nothing else;
+    a request for any other path is the ingress controller's 404."""
     backend = {"service": {"name": ROUTER_NAME, "port": {"name": "http"}}}
-    spec: dict[str, Any] = {
-        "ingressClassName": r.ingress.class_name,
-        "rules": [
-            {
-                "host": r.ingress.host,
-                "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]},
-            }
-        ],
-    }
+    rule: dict[str, Any] = {"host": r.ingress.host}
+    paths = [ingress_path(p, backend) for p in ingress_paths(r)]
+    if paths:  # the API refuses an empty list of paths; a rule without any serves nothing
+        rule["http"] = {"paths": paths}
+    spec: dict[str, Any] = {"ingressClassName": r.ingress.class_name, "rules": [rule]}
     if r.ingress.tls_secret:
         spec["tls"] = [{"hosts": [r.ingress.host], "secretName": r.ingress.tls_secret}]
     return {"metadata": _metadata(r), "spec": spec}
@@ -184,24 +203,3 @@ def router_ingress(r: RouterObjects) -> dict[str, Any]:
 def router_url(ingress: IngressConfig) -> str:
     scheme = "https" if ingress.tls_secret else "http"
     return f"{scheme}://{ingress.host}"
-
-
-def models_network_policy(r: RouterObjects) -> dict[str, Any]:
-    """Model pods accept traffic only from router pods, and only on the model port; with
-    `prometheus_namespace` set, also from pods of that namespace, to scrape `/metrics`.
-
-    A NetworkPolicy admits ports, not paths: `/metrics` is served on the model port, so
-    Prometheus's namespace is let in to that port.
-    """
-    models = {"app.kubernetes.io/name": MODEL_COMPONENT, "app.kubernetes.io/part-of": PART_OF}
-    router = {"podSelector": {"matchLabels": selector(ROUTER_COMPONENT, ROUTER_NAME)}}
-    rules: list[dict[str, Any]] = [{"from": [router], "ports": _model_port()}]
-    if r.prometheus_namespace:
-        prometheus = {"matchLabels": {NAMESPACE_NAME_LABEL: r.prometheus_namespace}}
-        rules.append({"from": [{"namespaceSelector": prometheus}], "ports": _model_port()})
-    spec = {"podSelector": {"matchLabels": models}, "policyTypes": ["Ingress"], "ingress": rules}
-    return {"metadata": _metadata(r, "fleet-models-from-router"), "spec": spec}
-
-
-def _model_port() -> list[dict[str, Any]]:
-    return [{"protocol": "TCP", "port": MODEL_PORT}]

@@ -8,7 +8,10 @@ from typing import Any
 
 from pulumi.output import Unknown
 
+from components.config import INGRESS_NAMESPACE
 from components.manifests import MODEL_PORT
+from components.network import MODELS_EGRESS, MODELS_INGRESS, ROUTER_INGRESS
+from components.router_manifests import DOCS_PATHS, ROUTER_PORT
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture
@@ -17,6 +20,10 @@ from tests.graph.pss import pod_spec_of, violations
 
 SERVICE_TYPE = "fleet:index:ModelService"
 ROUTER_TYPE = "fleet:index:Router"
+POLICY_TYPE = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+POLICIES = ("platform-models-policy", "platform-models-egress-policy", "platform-router-policy")
+"""The NetworkPolicies, all children of the Platform."""
+NAMESPACE_NAME = "kubernetes.io/metadata.name"
 
 
 def expected_children(r: ResolvedModel) -> dict[str, str]:
@@ -135,23 +142,135 @@ def check_router_config(
 
 
 def check_objects(cap: Capture) -> int:
-    """Every Kubernetes object validates and every pod meets restricted PSS; returns count."""
+    """Every Kubernetes object validates and every pod meets restricted PSS and bounds
+    its node disk (emptyDir `sizeLimit`, `ephemeral-storage`); returns the count."""
     objects = [r.k8s_object() for r in cap.k8s()]
     errors = [e for obj in objects for e in schema_errors(obj)]
     assert not errors, "\n".join(errors[:20])
     for obj in objects:
         pod = pod_spec_of(obj)
         if pod is not None:
+            where = f"{obj['kind']}/{obj['metadata']['name']}"
             bad = violations(pod)
-            assert not bad, f"{obj['kind']}/{obj['metadata']['name']}: {bad}"
+            assert not bad, f"{where}: {bad}"
+            assert not disk_unbounded(pod), f"{where}: {disk_unbounded(pod)}"
     return len(objects)
 
 
-def check_dependencies(cap: Capture, resolved: list[ResolvedModel]) -> None:
-    """The order the engine follows: namespace, then its pull Secret; per model, image,
-    then profile, then Deployment; the routes and the router Deployment after every
-    model; the router image after the platform only."""
+def disk_unbounded(pod: dict[str, Any]) -> list[str]:
+    """Where `pod` (a PodSpec) may fill the node's disk: an emptyDir without `sizeLimit`,
+    a container without an `ephemeral-storage` request and limit."""
+    out = [
+        f"emptyDir {v['name']} has no sizeLimit"
+        for v in pod.get("volumes", [])
+        if "emptyDir" in v and not v["emptyDir"].get("sizeLimit")
+    ]
+    for c in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+        res = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            if not res.get(kind, {}).get("ephemeral-storage"):
+                out.append(f"container {c['name']}: no ephemeral-storage in {kind}")
+    return out
+
+
+def policies(cap: Capture) -> dict[str, dict[str, Any]]:
+    """The NetworkPolicies by resource name, after checking that they are exactly the
+    platform's (children of the Platform, in the Namespace's own output)."""
+    platform = cap.named("platform")
+    found = cap.of_type(POLICY_TYPE)
+    assert sorted(p.name for p in found) == sorted(POLICIES)
     namespace = cap.named("platform-namespace")
+    for p in found:
+        assert p.parent == platform.urn, p.name
+        assert namespace.urn in p.property_dependencies["metadata"], p.name
+    return {p.name: p.k8s_object() for p in found}
+
+
+def namespaces_admitted(policy: dict[str, Any]) -> set[str]:
+    """Names of the namespaces whose pods a policy's ingress rules let in (by the label
+    the API server sets), after checking that every peer is such a namespace."""
+    out: set[str] = set()
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector"}, peer
+            labels = peer["namespaceSelector"]
+            assert set(labels) == {"matchLabels"} and set(labels["matchLabels"]) == {
+                NAMESPACE_NAME
+            }, peer
+            out.add(labels["matchLabels"][NAMESPACE_NAME])
+    return out
+
+
+def check_network_policies(
+    cap: Capture, prometheus: str | None, ingress_namespace: str = INGRESS_NAMESPACE
+) -> None:
+    """Router pods admit the ingress controller's and Prometheus's namespaces only, on
+    the router port; model pods admit router pods (and Prometheus) on the model port and
+    open no connection (an Egress policy without rules: not even DNS)."""
+    found = policies(cap)
+    router = found["platform-router-policy"]
+    assert router["metadata"]["name"] == ROUTER_INGRESS
+    assert router["spec"]["policyTypes"] == ["Ingress"]
+    router_pod = cap.named("router-deployment").k8s_object()["spec"]["template"]["metadata"]
+    assert router["spec"]["podSelector"]["matchLabels"].items() <= router_pod["labels"].items()
+    want = {ingress_namespace} | ({prometheus} if prometheus else set())
+    assert namespaces_admitted(router) == want
+    for rule in router["spec"]["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": ROUTER_PORT}]
+    models = found["platform-models-policy"]
+    assert models["metadata"]["name"] == MODELS_INGRESS
+    (from_router, *scrape) = models["spec"]["ingress"]
+    assert [set(peer) for peer in from_router["from"]] == [{"podSelector"}]
+    assert namespaces_admitted({"spec": {"ingress": scrape}}) == (
+        {prometheus} if prometheus else set()
+    )
+    for rule in models["spec"]["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": MODEL_PORT}]
+    egress = found["platform-models-egress-policy"]
+    assert egress["metadata"]["name"] == MODELS_EGRESS
+    assert egress["spec"]["policyTypes"] == ["Egress"]
+    assert egress["spec"].get("egress", []) == []
+    for policy in (models, egress):  # they select every model pod, and no router pod
+        select = policy["spec"]["podSelector"]["matchLabels"].items()
+        assert not select <= router_pod["labels"].items()
+        for dep in cap.of_type("kubernetes:apps/v1:Deployment"):
+            if dep.name != "router-deployment":
+                pod = dep.k8s_object()["spec"]["template"]["metadata"]
+                assert select <= pod["labels"].items(), dep.name
+
+
+def check_ingress(cap: Capture, public_docs: bool) -> None:
+    """The Ingress publishes exactly the routes and experiments of the routes config, one
+    path each (`Exact` where ingress-nginx takes it), plus the docs when they are public;
+    no `/` prefix, never `/metrics`."""
+    config = routes_config(cap)
+    ingress = cap.named("router-ingress").k8s_object()
+    (rule,) = ingress["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    routes = sorted(e["path"] for key in ("routes", "experiments") for e in config[key])
+    want = routes + (list(DOCS_PATHS) if public_docs else [])
+    assert [p["path"] for p in paths] == want
+    for p in paths:
+        assert p["pathType"] in ("Exact", "ImplementationSpecific"), p
+        assert p["pathType"] == "Exact" or "." in p["path"], p
+        assert p["backend"] == {"service": {"name": "fleet-router", "port": {"name": "http"}}}
+    assert "/" not in [p["path"] for p in paths]
+    assert not {"/metrics", "/healthz", "/readyz"} & {p["path"] for p in paths}
+    assert "defaultBackend" not in ingress["spec"]
+
+
+def check_dependencies(cap: Capture, resolved: list[ResolvedModel]) -> None:
+    """The order the engine follows: namespace, then its pull Secret and the
+    NetworkPolicies; per model, image, then profile, then Deployment, all after those
+    policies; the routes and the router Deployment after every model; the router image
+    after the platform only."""
+    namespace = cap.named("platform-namespace")
+    fences = [cap.named(name) for name in POLICIES]
+    deployments = cap.of_type("kubernetes:apps/v1:Deployment")
+    assert len(deployments) == len(resolved) + 1
+    for later in deployments:
+        # Every pod, model's or router's, starts fenced in (directly or through a parent).
+        assert {p.urn for p in fences} <= cap.waits_for(later), later.name
     secrets = [r for r in cap.resources.values() if r.name == "platform-pull-secret"]
     for secret in secrets:  # it names the Namespace's own output
         assert namespace.urn in secret.property_dependencies["metadata"]
@@ -225,7 +344,7 @@ def check_preview_graph(preview: Capture, up: Capture, resolved: list[ResolvedMo
             want += [f"{container}.resources.limits.memory"]
         assert sorted(unknown_paths(dep.inputs)) == sorted(want), r.name
     # The routes are the program's own work: known, and what `up` writes.
-    for name in ("router-routes", "router-service", "router-models-policy"):
+    for name in ("router-routes", "router-service", "router-ingress", *POLICIES):
         assert unknown_paths(preview.named(name).inputs) == [], name
         assert preview.named(name).inputs == up.named(name).inputs, name
     router = unknown_paths(preview.named("router-deployment").inputs)

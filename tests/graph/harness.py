@@ -48,7 +48,9 @@ def stack_config() -> StackConfig:
         ca_bundle=None,
         push=True,
         router=RouterConfig(image="registry.example.com/model-fleet/router:0.1.0", replicas=3),
-        ingress=IngressConfig(host="models.example.com", tls_secret="models-tls"),
+        ingress=IngressConfig(
+            host="models.example.com", tls_secret="models-tls", public_docs=False
+        ),
         registry_auth=RegistryAuth(
             server="registry.example.com",
             username="ci",

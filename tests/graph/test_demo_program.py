@@ -18,6 +18,7 @@ PASSWORD = "s3cret-registry-password"
 TOKEN = "s3cret-mlflow-token"
 NAMESPACE = "fleet-staging"
 PROMETHEUS = "monitoring"
+INGRESS_NAMESPACE = "edge-ingress"
 
 
 def run_main(demo_uri: str, preview: bool) -> tuple[Capture, dict[str, Any]]:
@@ -34,6 +35,7 @@ def run_main(demo_uri: str, preview: bool) -> tuple[Capture, dict[str, Any]]:
         "fleet:router": json.dumps({"replicas": 2}),  # no image: the program builds it
         "fleet:ingress": json.dumps({"host": "models.example.com", "tlsSecret": "models-tls"}),
         "fleet:prometheusNamespace": PROMETHEUS,
+        "fleet:ingressNamespace": INGRESS_NAMESPACE,
     }
     secret = ["fleet:registryPassword", "fleet:mlflowToken"]
     exports: dict[str, Any] = {}
@@ -77,7 +79,13 @@ def test_every_demo_model_has_exactly_its_children(demo_run):
         "router-service",
         "router-pdb",
         "router-ingress",
-        "router-models-policy",
+    }
+    # The NetworkPolicies are the platform's: every model and the router wait for it.
+    platform = cap.named("platform")
+    assert {c.name for c in cap.children(platform)} == {
+        "platform-namespace",
+        "platform-pull-secret",
+        *checks.POLICIES,
     }
 
 
@@ -162,13 +170,32 @@ def test_rollout_order(demo_run):
 
 def test_prometheus_may_scrape_the_models(demo_run):
     cap, _ = demo_run
-    policy = cap.named("router-models-policy").k8s_object()
+    policy = cap.named("platform-models-policy").k8s_object()
     rules = policy["spec"]["ingress"]
     scrape = {"kubernetes.io/metadata.name": PROMETHEUS}
     assert {
         "from": [{"namespaceSelector": {"matchLabels": scrape}}],
         "ports": rules[0]["ports"],
     } in (rules)
+
+
+def test_network_policies_fence_in_the_pods(demo_run):
+    """The router admits the ingress controller's namespace (fleet:ingressNamespace) and
+    Prometheus's only; model pods admit the router and Prometheus, and open nothing."""
+    cap, _ = demo_run
+    checks.check_network_policies(cap, PROMETHEUS, INGRESS_NAMESPACE)
+
+
+def test_the_ingress_publishes_the_routes_and_the_docs(demo_run):
+    """The stack does not set fleet:publicDocs: the docs are public (the default)."""
+    cap, program = demo_run
+    checks.check_ingress(cap, public_docs=True)
+    paths = {
+        p["path"]
+        for p in cap.named("router-ingress").k8s_object()["spec"]["rules"][0]["http"]["paths"]
+    }
+    assert {r.model.route for r in program["models"]} <= paths
+    assert {e.route for e in program["fleet"].experiments} <= paths
 
 
 def test_a_preview_builds_the_same_graph(demo_preview, demo_run):

@@ -77,8 +77,22 @@ def test_the_router_image_builds_alongside_the_models(up, fleet24):
         assert not up.after("router-image", f"{k}-image"), r.name
         assert not up.after("router-image", f"{k}-deployment"), r.name
     # Nor do the parts of the router that name no model version.
-    for name in ("router-service", "router-ingress", "router-models-policy", "router-pdb"):
+    for name in ("router-service", "router-ingress", "router-pdb"):
         assert not up.after(name, f"{fleet24[1][0].model.k8s_name}-deployment"), name
+
+
+def test_the_network_policies_come_before_every_pod(up, fleet24):
+    """The policies are the platform's: they wait for the namespace only, and every
+    model's image, profile and Deployment, and the router's Deployment, wait for them."""
+    platform = up.named("platform")
+    for policy in checks.POLICIES:
+        assert up.named(policy).parent == platform.urn
+        assert up.after(policy, "platform-namespace"), policy
+        assert up.after("router-deployment", policy)
+        for r in fleet24[1]:
+            k = r.model.k8s_name
+            assert up.after(f"{k}-deployment", policy), (r.name, policy)
+            assert not up.after(policy, f"{k}-image"), (r.name, policy)
 
 
 def test_the_chain_of_one_model(up, fleet24):

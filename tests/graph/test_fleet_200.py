@@ -68,6 +68,17 @@ def test_rollout_order(run200, fleet200):
     checks.check_dependencies(run200, fleet200[1])
 
 
+def test_network_policies_without_prometheus(run200):
+    """No fleet:prometheusNamespace: the ingress controller's namespace alone reaches the
+    router, the router alone the models."""
+    checks.check_network_policies(run200, prometheus=None)
+
+
+def test_the_ingress_publishes_only_the_routes(run200):
+    """A production-like stack, docs not public: one path per route and experiment."""
+    checks.check_ingress(run200, public_docs=False)
+
+
 def test_hpa_owns_the_replica_count(run200, fleet200):
     for r in fleet200[1]:
         dep = run200.named(f"{r.model.k8s_name}-deployment").k8s_object()

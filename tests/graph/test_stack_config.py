@@ -35,6 +35,7 @@ def test_defaults_live_in_one_place():
     assert cfg.push is True and cfg.profile_requests == 200
     assert (cfg.router.replicas, cfg.router.cpu, cfg.router.memory_mib) == (2, "250m", 256)
     assert (cfg.ingress.class_name, cfg.ingress.tls_secret) == ("nginx", None)
+    assert (cfg.ingress.controller_namespace, cfg.ingress.public_docs) == ("ingress-nginx", True)
     assert cfg.registry_auth is None and cfg.mlflow_token is None
 
 
@@ -81,20 +82,27 @@ def test_prometheus_namespace_is_optional_and_checked():
         read({**BASE, "fleet:prometheusNamespace": "Monitoring_NS"})
 
 
+def test_ingress_namespace_and_public_docs():
+    cfg = read({**BASE, "fleet:ingressNamespace": "traefik", "fleet:publicDocs": "false"})
+    assert (cfg.ingress.controller_namespace, cfg.ingress.public_docs) == ("traefik", False)
+    with pytest.raises(ConfigError, match="fleet:ingressNamespace"):
+        read({**BASE, "fleet:ingressNamespace": "Ingress_NGINX"})
+
+
 def test_router_image_is_built_unless_given():
     assert read(BASE).router.image == "localhost:5000/fleet/router:dev"
     assert read({**BASE, "fleet:router": json.dumps({"replicas": 1})}).router.image is None
 
 
 @pytest.mark.parametrize(
-    ("stack", "alias", "secrets"),
+    ("stack", "alias", "secrets", "docs"),
     [
-        ("dev", None, {}),
-        ("staging", "challenger", {"registryPassword": "pw", "mlflowToken": "t"}),
-        ("production", "champion", {"registryPassword": "pw", "mlflowToken": "t"}),
+        ("dev", None, {}, True),
+        ("staging", "challenger", {"registryPassword": "pw", "mlflowToken": "t"}, True),
+        ("production", "champion", {"registryPassword": "pw", "mlflowToken": "t"}, False),
     ],
 )
-def test_stack_files_hold_what_the_program_reads(stack, alias, secrets):
+def test_stack_files_hold_what_the_program_reads(stack, alias, secrets, docs):
     """Each Pulumi.<stack>.yaml, as the engine would hand it over (secrets set apart)."""
     data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     config = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
@@ -103,6 +111,9 @@ def test_stack_files_hold_what_the_program_reads(stack, alias, secrets):
     assert cfg.alias == alias
     assert (cfg.registry_auth is None) == (stack == "dev")
     assert cfg.ingress.host and cfg.router.image is None  # built by the program
+    # Production publishes no API docs; the ingress controller runs in ingress-nginx.
+    assert cfg.ingress.public_docs is docs
+    assert cfg.ingress.controller_namespace == "ingress-nginx"
 
 
 def test_mlflow_basic_auth_instead_of_a_token():

@@ -21,14 +21,24 @@ from components.manifests import (
     model_selector,
     model_service,
 )
+from components.network import (
+    Fences,
+    models_egress_policy,
+    models_ingress_policy,
+    network_policies,
+    router_ingress_policy,
+)
 from components.platform import docker_config, namespace_metadata
-from components.pod import RUN_AS_USER
+from components.pod import EPHEMERAL_LIMIT_MIB, EPHEMERAL_REQUEST_MIB, RUN_AS_USER, SCRATCH_MIB
 from components.router_manifests import (
     CONFIG_DIR,
+    DOCS_PATHS,
+    ROUTER_OWN_PATHS,
+    ROUTER_PORT,
     RouterObjects,
     image_version,
+    ingress_paths,
     label_value,
-    models_network_policy,
     router_deployment,
     router_ingress,
     router_labels,
@@ -39,6 +49,8 @@ from components.router_manifests import (
     routes_json,
 )
 from fleet.host.images import UID
+from fleet.router.app import create_app
+from fleet.router.config import CONFIG_VERSION, RouterLimits
 from fleet.spec import Autoscaling, MemoryPolicy, Settings
 from tests.graph.pss import violations
 
@@ -73,6 +85,23 @@ def router(**over) -> RouterObjects:
     return RouterObjects(**args)
 
 
+def fences(**over) -> Fences:
+    args = {"namespace": "fleet", "ingress_namespace": "ingress-nginx"}
+    args.update(over)
+    return Fences(**args)
+
+
+def routes(*paths: str, experiments: tuple[str, ...] = ()) -> str:
+    """A routes config's JSON with model routes and experiments on `paths` (only the
+    paths matter to the Ingress)."""
+    config = {
+        "version": 1,
+        "routes": [{"path": p, "model": f"m{i}"} for i, p in enumerate(paths)],
+        "experiments": [{"path": p, "variants": []} for p in experiments],
+    }
+    return routes_json(config)
+
+
 def full(kind: str, api: str, obj: dict) -> dict:
     return {"apiVersion": api, "kind": kind, **obj}
 
@@ -82,8 +111,8 @@ def test_model_deployment_sizes_probes_and_rollout():
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["resources"] == {
-        "requests": {"cpu": "500m", "memory": "420Mi"},
-        "limits": {"memory": "700Mi"},
+        "requests": {"cpu": "500m", "memory": "420Mi", "ephemeral-storage": "64Mi"},
+        "limits": {"memory": "700Mi", "ephemeral-storage": "256Mi"},
     }
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
@@ -102,6 +131,8 @@ def test_model_pod_is_restricted_with_writable_scratch_only():
     (c,) = pod["containers"]
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp", BENTOML_HOME}
     assert all("emptyDir" in v for v in pod["volumes"])
+    # Each emptyDir is bounded; together they hold what the profiler's /tmp held.
+    assert [v["emptyDir"] for v in pod["volumes"]] == [{"sizeLimit": "128Mi"}] * 2
     assert {"name": "BENTOML_HOME", "value": BENTOML_HOME} in c["env"]
     # The pod runs as the user the image is built with.
     assert RUN_AS_USER == UID == pod["securityContext"]["runAsUser"]
@@ -176,11 +207,23 @@ def test_fixed_memory_policy_is_plain_data():
         ("Deployment", "apps/v1", lambda: router_deployment(router(), "fleet-router-routes-x")),
         ("ConfigMap", "v1", lambda: routes_configmap(router())),
         ("Ingress", "networking.k8s.io/v1", lambda: router_ingress(router())),
-        ("NetworkPolicy", "networking.k8s.io/v1", lambda: models_network_policy(router())),
+        (
+            "Ingress",
+            "networking.k8s.io/v1",
+            lambda: router_ingress(router(routes_json=routes("/a/1", "/v1.2/b"))),
+        ),
+        ("NetworkPolicy", "networking.k8s.io/v1", lambda: models_ingress_policy(fences())),
         (
             "NetworkPolicy",
             "networking.k8s.io/v1",
-            lambda: models_network_policy(router(prometheus_namespace="monitoring")),
+            lambda: models_ingress_policy(fences(prometheus_namespace="monitoring")),
+        ),
+        ("NetworkPolicy", "networking.k8s.io/v1", lambda: models_egress_policy(fences())),
+        ("NetworkPolicy", "networking.k8s.io/v1", lambda: router_ingress_policy(fences())),
+        (
+            "NetworkPolicy",
+            "networking.k8s.io/v1",
+            lambda: router_ingress_policy(fences(prometheus_namespace="monitoring")),
         ),
         ("Namespace", "v1", lambda: {"metadata": namespace_metadata("fleet", {})}),
     ],
@@ -224,10 +267,9 @@ def test_router_mounts_the_routes_configmap_it_is_given():
 
 
 def test_network_policy_admits_router_pods_to_model_pods_only():
-    r = router()
-    spec = models_network_policy(r)["spec"]
+    spec = models_ingress_policy(fences())["spec"]
     model_pod = model_deployment(objects())["spec"]["template"]["metadata"]["labels"]
-    router_pod = router_deployment(r, "cm")["spec"]["template"]["metadata"]["labels"]
+    router_pod = router_deployment(router(), "cm")["spec"]["template"]["metadata"]["labels"]
     assert spec["podSelector"]["matchLabels"].items() <= model_pod.items()
     assert not spec["podSelector"]["matchLabels"].items() <= router_pod.items()
     (rule,) = spec["ingress"]
@@ -239,8 +281,8 @@ def test_network_policy_admits_router_pods_to_model_pods_only():
 
 
 def test_network_policy_lets_prometheus_scrape_the_model_port():
-    without = models_network_policy(router())["spec"]["ingress"]
-    spec = models_network_policy(router(prometheus_namespace="monitoring"))["spec"]
+    without = models_ingress_policy(fences())["spec"]["ingress"]
+    spec = models_ingress_policy(fences(prometheus_namespace="monitoring"))["spec"]
     router_rule, scrape = spec["ingress"]
     assert router_rule == without[0]
     # Pods of that namespace only (the label the API server sets), on the model port,
@@ -251,6 +293,128 @@ def test_network_policy_lets_prometheus_scrape_the_model_port():
         ],
         "ports": [{"protocol": "TCP", "port": MODEL_PORT}],
     }
+
+
+def test_model_pods_open_no_connection():
+    """An Egress policy without rules: no egress at all, not even DNS (the model server
+    serves the model in its image and only answers)."""
+    spec = models_egress_policy(fences(prometheus_namespace="monitoring"))["spec"]
+    model_pod = model_deployment(objects())["spec"]["template"]["metadata"]["labels"]
+    router_pod = router_deployment(router(), "cm")["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= model_pod.items()
+    assert not spec["podSelector"]["matchLabels"].items() <= router_pod.items()
+    assert spec == {"podSelector": spec["podSelector"], "policyTypes": ["Egress"]}
+
+
+def namespace_peer(name: str) -> dict:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def test_router_admits_the_ingress_controller_and_prometheus_only():
+    router_pod = router_deployment(router(), "cm")["spec"]["template"]["metadata"]["labels"]
+    model_pod = model_deployment(objects())["spec"]["template"]["metadata"]["labels"]
+    port = [{"protocol": "TCP", "port": ROUTER_PORT}]
+    spec = router_ingress_policy(fences())["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= router_pod.items()
+    assert not spec["podSelector"]["matchLabels"].items() <= model_pod.items()
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["ingress"] == [{"from": [namespace_peer("ingress-nginx")], "ports": port}]
+    spec = router_ingress_policy(
+        fences(ingress_namespace="traefik", prometheus_namespace="monitoring")
+    )["spec"]
+    assert spec["ingress"] == [
+        {"from": [namespace_peer("traefik")], "ports": port},
+        {"from": [namespace_peer("monitoring")], "ports": port},
+    ]
+    # One namespace for both: one rule.
+    same = fences(ingress_namespace="edge", prometheus_namespace="edge")
+    assert len(router_ingress_policy(same)["spec"]["ingress"]) == 1
+
+
+def test_the_platform_makes_every_policy_with_fixed_names():
+    policies = network_policies(fences(extra_labels={"team": "pricing"}))
+    assert sorted(policies) == ["models-egress-policy", "models-policy", "router-policy"]
+    names = {p["metadata"]["name"] for p in policies.values()}
+    assert names == {
+        "fleet-models-allow-ingress",
+        "fleet-models-deny-egress",
+        "fleet-router-allow-ingress",
+    }
+    for p in policies.values():
+        assert p["metadata"]["namespace"] == "fleet"
+        assert p["metadata"]["labels"]["team"] == "pricing"
+
+
+def test_ingress_serves_the_routes_exactly_and_nothing_else():
+    r = router(routes_json=routes("/b/2", "/a/1", experiments=("/a",)))
+    spec = router_ingress(r)["spec"]
+    (rule,) = spec["rules"]
+    backend = {"service": {"name": "fleet-router", "port": {"name": "http"}}}
+    exact = [{"path": p, "pathType": "Exact", "backend": backend} for p in ("/a", "/a/1", "/b/2")]
+    docs = [
+        {"path": "/docs", "pathType": "Exact", "backend": backend},
+        {"path": "/docs/oauth2-redirect", "pathType": "Exact", "backend": backend},
+        # ingress-nginx refuses a dot in an Exact path: its own kind, which it takes as a
+        # prefix (the router answers /openapi.json only).
+        {"path": "/openapi.json", "pathType": "ImplementationSpecific", "backend": backend},
+    ]
+    assert rule == {"host": "models.example.com", "http": {"paths": exact + docs}}
+    assert "defaultBackend" not in spec
+    no_docs = router(routes_json=r.routes_json, ingress=IngressConfig("h", public_docs=False))
+    assert router_ingress(no_docs)["spec"]["rules"][0]["http"]["paths"] == exact
+
+
+def test_ingress_never_publishes_the_routers_own_paths_as_routes():
+    """A route on /metrics (or a docs path) would publish the router's own GET there."""
+    text = routes("/metrics", "/healthz", "/docs", "/openapi.json", "/a/1")
+    closed = router(routes_json=text, ingress=IngressConfig("h", public_docs=False))
+    assert ingress_paths(closed) == ["/a/1"]
+    assert ingress_paths(router(routes_json=text)) == ["/a/1", *DOCS_PATHS]
+    # A route with a dot is published, as ImplementationSpecific.
+    (path,) = router_ingress(
+        router(routes_json=routes("/v1.2/m"), ingress=IngressConfig("h", public_docs=False))
+    )["spec"]["rules"][0]["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1.2/m", "ImplementationSpecific")
+
+
+def test_an_ingress_with_nothing_to_publish_is_valid():
+    closed = router(ingress=IngressConfig("h", public_docs=False))
+    ing = router_ingress(closed)
+    assert ing["spec"]["rules"] == [{"host": "h"}]
+    kubernetes_validate.validate(full("Ingress", "networking.k8s.io/v1", ing), K8S, strict=True)
+
+
+def test_the_router_serves_what_the_ingress_knows_of_it():
+    """The router app's own paths (all but the routes) are the ones the Ingress keeps for
+    the docs or never publishes; its docs are where the Ingress publishes them."""
+    config = {
+        "version": CONFIG_VERSION,
+        "limits": RouterLimits().model_dump(),
+        "routes": [],
+        "experiments": [],
+    }
+    app = create_app(config, health_interval_s=0)
+    served = {getattr(route, "path", None) for route in app.routes}
+    assert served == set(ROUTER_OWN_PATHS)
+    assert (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.openapi_url) == DOCS_PATHS
+    assert "/metrics" in served and "/metrics" not in DOCS_PATHS
+
+
+def test_pods_bound_their_node_disk():
+    for pod in (
+        model_deployment(objects())["spec"]["template"]["spec"],
+        router_deployment(router(), "cm")["spec"]["template"]["spec"],
+    ):
+        (c,) = pod["containers"]
+        assert c["resources"]["requests"]["ephemeral-storage"] == f"{EPHEMERAL_REQUEST_MIB}Mi"
+        assert c["resources"]["limits"]["ephemeral-storage"] == f"{EPHEMERAL_LIMIT_MIB}Mi"
+        for v in pod["volumes"]:
+            if "emptyDir" in v:
+                assert v["emptyDir"] == {"sizeLimit": f"{SCRATCH_MIB}Mi"}, v["name"]
+    # The model pod's emptyDirs together fit in its limit.
+    model_pod = model_deployment(objects())["spec"]["template"]["spec"]
+    scratch = [v for v in model_pod["volumes"] if "emptyDir" in v]
+    assert len(scratch) * SCRATCH_MIB <= EPHEMERAL_LIMIT_MIB
 
 
 def test_ingress_tls_and_url():
