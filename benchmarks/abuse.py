@@ -13,7 +13,8 @@
    minutes, uvicorn's own protocol: the router before it bounded its clients). Reported:
    the router's RSS before, at the peak and after; how the uploads ended; how long until
    the router had closed them; and one normal client's latency during the flood, next to
-   its latency before (the lean load loop of benchmarks/router.py, c=1).
+   its latency before (the lean load loop of benchmarks/router.py, c=1). Times are from
+   the start of the flood; what is still open 20 s after the latency run is left open.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ async def flood(port: int, uploads: int, idle: int) -> tuple[list[Any], list[Any
     return list(up), conns
 
 
-async def ending(reader: asyncio.StreamReader, limit_s: float) -> tuple[int, float]:
-    """(status of the answer, or 0 for none; seconds until the connection closed)."""
-    start_time = time.monotonic()
+async def ending(reader: asyncio.StreamReader, since: float, limit_s: float) -> tuple[int, float]:
+    """(status of the answer, 0 for none, -1 still open after `limit_s`; seconds from
+    `since` until the connection closed)."""
     status = 0
     try:
         data = b""
@@ -128,8 +129,8 @@ async def ending(reader: asyncio.StreamReader, limit_s: float) -> tuple[int, flo
             data += chunk
         status = int(data[9:12]) if data.startswith(b"HTTP/1.1") else 0
     except (TimeoutError, ConnectionError):
-        return -1, limit_s  # still open
-    return status, time.monotonic() - start_time
+        return -1, time.monotonic() - since  # still open
+    return status, time.monotonic() - since
 
 
 def run_flood(router: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -139,14 +140,17 @@ def run_flood(router: Any, args: argparse.Namespace) -> dict[str, Any]:
     rss_before = process.memory_info().rss
 
     async def go() -> dict[str, Any]:
+        began = time.monotonic()
         ups, idle = await flood(int(router.url.rsplit(":", 1)[1]), args.uploads, args.idle)
         await asyncio.sleep(1.0)
         peak = process.memory_info().rss
         during = await asyncio.to_thread(normal.run, 1, args.seconds)
         peak = max(peak, process.memory_info().rss)
         limit_s = 20.0
-        ends = await asyncio.gather(*(ending(r, limit_s) for r, _ in ups))
-        idle_ends = await asyncio.gather(*(ending(r, limit_s) for r, _ in idle))
+        ends, idle_ends = await asyncio.gather(
+            asyncio.gather(*(ending(r, began, limit_s) for r, _ in ups)),
+            asyncio.gather(*(ending(r, began, limit_s) for r, _ in idle)),
+        )
         for _, writer in [*ups, *idle]:
             writer.close()
         return {"peak": peak, "during": during, "ends": ends, "idle_ends": idle_ends}
@@ -165,8 +169,7 @@ def describe(name: str, r: dict[str, Any]) -> list[str]:
     closed = [t for s, t in r["ends"] if s != -1]
     idle_closed = [t for s, t in r["idle_ends"] if s != -1]
     ended = ", ".join(
-        f"{n} x {'still open after 20 s' if s == -1 else (s or 'closed')}"
-        for s, n in sorted(statuses.items())
+        f"{n} x {'still open' if s == -1 else (s or 'closed')}" for s, n in sorted(statuses.items())
     )
     return [
         f"| {name} | {r['rss_before'] / mib:.0f} MiB | {r['peak'] / mib:.0f} MiB | "

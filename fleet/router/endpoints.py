@@ -258,11 +258,17 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived: nobody to answer."""
 
 
+SMALL_BODY = 65_536
+"""Bodies up to this size do not count against `buffered_body_bytes`: the server reads
+this much ahead on any connection anyway, and a flood of stalled large uploads must not
+turn away the ordinary small requests."""
+
+
 class Bodies:
     """Reads request bodies within the router's limits: size (413), time once the head
-    is in (408), and bytes held at once over all requests (503: a request's declared
-    Content-Length counts from its start), so that clients stalling their uploads hold
-    neither the router's memory nor its connections for long."""
+    is in (408), and bytes of large bodies held at once over all requests (503: a
+    request's declared Content-Length counts from its start), so that clients stalling
+    their uploads hold neither the router's memory nor its connections for long."""
 
     def __init__(self, limits: RouterLimits) -> None:
         self.limits = limits
@@ -278,7 +284,7 @@ class Bodies:
         taken = 0
         done = False
         try:
-            if declared:
+            if declared is not None and declared > SMALL_BODY:
                 taken = self._take(declared)
             chunks: list[bytes] = []
             size = 0
@@ -291,7 +297,7 @@ class Bodies:
                     size += len(chunk)
                     if size > limit:
                         raise _too_large(limit, "the body is longer")
-                    if size > taken:
+                    if size > taken and (taken or size > SMALL_BODY):
                         taken += self._take(size - taken)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
@@ -307,7 +313,9 @@ class Bodies:
                 self.release(taken)
 
     def release(self, size: int) -> None:
-        self.held -= size
+        """Give back what `read` counted of a body of `size` bytes."""
+        if size > SMALL_BODY:
+            self.held -= size
 
     def _take(self, size: int) -> int:
         if self.held + size > self.limits.buffered_body_bytes:
