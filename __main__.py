@@ -5,7 +5,7 @@ Reads like a table of contents; each step lives in `components/`:
   2. the fleet spec on the stack's alias, resolved against the MLflow registry
      (the only thing done at program time: previews stay reads),
   3. per model a ModelService (image -> memory profile -> Deployment, Service, PDB, HPA),
-     and the Router (routes ConfigMap, Deployment, Service, Ingress, NetworkPolicy),
+     and the Router (routes ConfigMap, Deployment, Service, Ingress),
   4. outputs: the router URL and, per model, version, image digest and memory.
 Building, pushing and profiling happen inside resources during `pulumi up`, and only
 for models whose content hash changed. A problem a person must fix (a bad models.yaml,
@@ -29,7 +29,7 @@ except FleetError as exc:
         f"{len(exc.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in exc.problems)
     ) from None
 
-# 3. Platform (namespace, pull secret), one ModelService per model, the Router.
+# 3. Platform (namespace, pull secret, NetworkPolicies), one ModelService per model, the Router.
 deployment = deploy_fleet(config, fleet, models)
 
 # 4. What a person or the next pipeline step needs.
