@@ -140,7 +140,7 @@ def build_and_push(props: dict[str, Any]) -> dict[str, Any]:
             f"model '{resolved.name}': content hash {result.content_hash} at build time is "
             f"not the {props['content_hash']} the plan was made with; run the update again"
         )
-    digest = docker_cli.push(result.image_ref, login) if props.get("push") else ""
+    digest = docker_cli.push(result.image_ref, login, result.image_id) if props.get("push") else ""
     outs.update(
         image_id=result.image_id,
         digest=digest,

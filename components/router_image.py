@@ -53,7 +53,7 @@ def build_and_push_router(props: dict[str, Any]) -> dict[str, Any]:
     login = login_of(props)
     settings = settings_from_dict(props["build"], login)
     result = build_router_image(props["image_ref"], settings)
-    pushed = docker_cli.push(result.image_ref, login) if props.get("push") else ""
+    pushed = docker_cli.push(result.image_ref, login, result.image_id) if props.get("push") else ""
     outs = outputs_of(props)
     ref = deployable_ref(result.image_ref, pushed)
     outs.update(image_id=result.image_id, digest=pushed, built=result.built, image=ref)

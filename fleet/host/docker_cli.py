@@ -111,24 +111,40 @@ def logged_in(login: RegistryLogin | None) -> Iterator[Path | None]:
         shutil.rmtree(config, ignore_errors=True)
 
 
-def push(ref: str, login: RegistryLogin | None = None) -> str:
+def push(ref: str, login: RegistryLogin | None = None, image_id: str | None = None) -> str:
     """Push `ref` (logged in with `login` if given); returns its `name@sha256:...` digest.
 
     A tag the registry already holds is never pushed over: its digest is returned as the
     registry has it. Tags are content hashes, so the registry's image was built from the
     same inputs (by another runner or stack); staging and production deploy one digest.
+    With `image_id`, the engine's `ref` must be that image (the one just built), checked
+    before and after the push: BuildError otherwise (another job re-tagged it).
     """
     with logged_in(login) as config:
         found = _remote_digest(ref, config)
         if found is not None:
             return found
+        _is_image(ref, image_id)
         check("push", ref, config=config)
     info = inspect(ref) or {}
+    _is_image(ref, image_id, info)
     name = ref.rsplit(":", 1)[0]
     digests = [d for d in info.get("RepoDigests", []) if d.startswith(name + "@")]
     if not digests:
         raise BuildError(f"docker push {ref}: the engine reports no repository digest")
     return str(digests[0])
+
+
+def _is_image(ref: str, image_id: str | None, info: dict[str, Any] | None = None) -> None:
+    if image_id is None:
+        return
+    held = (info if info is not None else inspect(ref) or {}).get("Id")
+    if held != image_id:
+        raise BuildError(
+            f"docker push {ref}: the engine's image under this tag is {str(held)[:19]}, not "
+            f"{image_id[:19]} as built: another job using this engine re-tagged it; nothing "
+            "was deployed from it"
+        )
 
 
 def remote_digest(ref: str, login: RegistryLogin | None = None) -> str | None:

@@ -15,7 +15,9 @@ small layer with the bento (a model) or the router's code. The base image's Pyth
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -214,11 +216,59 @@ def build_image(
     ref = image_ref(resolved, settings)
     chash = ref.rsplit(":", 1)[1]
     with locked(f"image-{resolved.model.k8s_name}-{chash}"):
-        existing = docker_cli.inspect(ref)
+        existing = built_here(ref)
         if existing is not None:
             return ImageResult(ref, existing["Id"], chash, built=False)
         image_id = _build_model_image(resolved, registry, settings, ref, chash)
+        _record(ref, image_id)
     return ImageResult(ref, image_id, chash, built=True)
+
+
+def built_here(ref: str) -> dict[str, Any] | None:
+    """The engine's image `ref` (`docker image inspect`) when this host built it, None
+    when the engine has no such image.
+
+    Tags are content hashes anyone can compute, and the engine may be shared: another job
+    on it (a merge request's) can `docker tag` an image of its own under a tag a deploy is
+    about to build. So an image is reused, and pushed, only when its ID is the one
+    recorded when it was built here (`_record`); otherwise BuildError names the tag.
+    """
+    existing = docker_cli.inspect(ref)
+    if existing is None:
+        return None
+    recorded = _recorded(ref)
+    if recorded != existing["Id"]:
+        held = str(existing["Id"])[:19]
+        ours = f"the one built here is {recorded[:19]}" if recorded else "none was built here"
+        raise BuildError(
+            f"image {ref}: the engine holds an image under this tag that was not built "
+            f"here ({held}; {ours}). Another job using this Docker engine may have tagged "
+            f"it: remove it (`docker rmi {ref}`) and run again, and run deploys on an "
+            "engine that merge-request jobs do not use"
+        )
+    return existing
+
+
+def _record_path(ref: str) -> Path:
+    return BUILD_ROOT.resolve() / "built" / hashlib.sha256(ref.encode()).hexdigest()
+
+
+def _record(ref: str, image_id: str) -> None:
+    """Note that this host built `ref` as `image_id` (`built_here` checks it)."""
+    path = _record_path(ref)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(f"{ref}\n{image_id}\n")
+    tmp.replace(path)
+
+
+def _recorded(ref: str) -> str:
+    """The image ID this host built `ref` as, or '' when it built none."""
+    try:
+        name, image_id = _record_path(ref).read_text().split()
+    except (OSError, ValueError):
+        return ""
+    return image_id if name == ref else ""
 
 
 def _build_model_image(
@@ -306,7 +356,7 @@ def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
     )
     ref = f"{DEPS_IMAGE}:{key}"
     with locked(f"deps-{key}"):
-        loaded = docker_cli.inspect(ref)
+        loaded = built_here(ref)
         if loaded is not None:
             return str(loaded["RootFS"]["Layers"][-1])
         root = BUILD_ROOT.resolve() / "deps" / key
@@ -315,7 +365,10 @@ def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
             layer = image_layers.write_layer(
                 root.with_suffix(".layer.tar"), {DEPS_DIR.lstrip("/"): root}
             )
-            image_layers.load_image(ref, base, [layer], {"Env": base["Config"].get("Env") or []})
+            loaded_id = image_layers.load_image(
+                ref, base, [layer], {"Env": base["Config"].get("Env") or []}
+            )
+            _record(ref, loaded_id)
         finally:
             shutil.rmtree(root, ignore_errors=True)
             root.with_suffix(".layer.tar").unlink(missing_ok=True)
@@ -370,7 +423,7 @@ def build_router_image(ref: str, settings: BuildSettings) -> ImageResult:
     """The router image `ref`; no work when the tag exists."""
     chash = ref.rsplit(":", 1)[1]
     with locked(f"router-{chash}"):
-        existing = docker_cli.inspect(ref)
+        existing = built_here(ref)
         if existing is not None:
             return ImageResult(ref, str(existing["Id"]), chash, built=False)
         base = _base(settings)
@@ -388,6 +441,7 @@ def build_router_image(ref: str, settings: BuildSettings) -> ImageResult:
             # The packages layer is in the engine already (loaded once as DEPS_IMAGE):
             # reference it by diff id instead of sending a GB again.
             image_id = image_layers.load_image(ref, base, [deps, layer], config)
+            _record(ref, image_id)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return ImageResult(ref, image_id, chash, built=True)

@@ -232,3 +232,32 @@ def test_the_base_image_is_pushed_and_builds_pull_it_by_digest(
     assert image is not None
     assert image["RootFS"]["Layers"][: len(base["RootFS"]["Layers"])] == base["RootFS"]["Layers"]
     docker_cli.run("rmi", built.image_ref)
+
+
+def test_an_image_re_tagged_in_the_engine_is_neither_reused_nor_pushed(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]],
+    image_registry: OciRegistry,
+    small: ResolvedModel,
+    demo_registry: Registry,
+    model_store: ModelStore,
+) -> None:
+    """Another job on the engine tags an image of its own under the tag a deploy is about
+    to build (tags are content hashes anyone can compute): the build stops naming the tag,
+    and a push of a tag that is not the image built is refused before anything is sent."""
+    built, _, _, _ = pushed
+    settings = BuildSettings(store=model_store, registry=f"{image_registry.server}/fleet")
+    poison = BuildSettings().base_image
+    try:
+        docker_cli.check("tag", poison, built.image_ref)
+        with pytest.raises(BuildError, match="not built here") as err:
+            build_image(small, demo_registry, settings)
+        assert built.image_ref in str(err.value) and "docker rmi" in str(err.value)
+        fresh = f"{built.image_ref.rsplit(':', 1)[0]}:poisoned"
+        docker_cli.check("tag", poison, fresh)
+        with pytest.raises(BuildError, match="re-tagged"):
+            docker_cli.push(fresh, image_registry.login(), image_id=built.image_id)
+        assert docker_cli.remote_digest(fresh, image_registry.login()) is None
+    finally:
+        docker_cli.run("rmi", f"{built.image_ref.rsplit(':', 1)[0]}:poisoned", built.image_ref)
+    # With the stranger's tag gone, the build runs again and makes the same image.
+    assert build_image(small, demo_registry, settings).image_id == built.image_id
