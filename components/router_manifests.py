@@ -26,10 +26,25 @@ ROUTER_PORT = 8080
 CONFIG_DIR = "/etc/fleet"
 CONFIG_FILE = "routes.json"
 ROUTES_VOLUME = "routes"
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
-"""The router's API docs (FastAPI's Swagger UI, its OAuth2 redirect page, the OpenAPI
-document), published by the Ingress only with `fleet:publicDocs`."""
-ROUTER_OWN_PATHS = (*DOCS_PATHS, "/redoc", "/healthz", "/readyz", "/metrics")
+DOCS_PATHS = (
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/docs/swagger-ui-bundle.js",
+    "/docs/swagger-ui.css",
+    "/docs/favicon.png",
+    "/openapi.json",
+)
+"""The router's API docs (Swagger UI, its OAuth2 redirect page, the assets the router
+serves for it itself, the OpenAPI document), published by the Ingress only with
+`fleet:publicDocs`."""
+ROUTER_OWN_PATHS = (
+    *DOCS_PATHS,
+    "/redoc",
+    "/redoc/redoc.standalone.js",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+)
 """Every path the router serves besides the routes (tests/unit/test_manifests.py checks
 this against the router app). The Ingress never publishes one of them as a route."""
 EXACT_PATH = re.compile(r"/[A-Za-z0-9/_-]*")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -136,6 +142,9 @@ def create_app(
         lifespan=lifespan,
         # Starlette answers `/route/` with a redirect to an URL made from the Host header.
         redirect_slashes=False,
+        # The docs pages are our own (`_docs`): FastAPI's load their scripts from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.proxy = proxy
     app.state.metrics = metrics
@@ -180,6 +189,7 @@ def create_app(
         """Prometheus metrics, in its text format (version 0.0.4)."""
         return Response(metrics.render(), media_type=_PROMETHEUS)
 
+    _docs(app)
     _error_handlers(app, metrics)
     return app
 
@@ -243,6 +253,63 @@ def _shadow(cfg: RoutesConfig, ref: ShadowRef | None, schema: RouteSchema) -> Sh
     taken = tuple(c.name for c in route.inputs if c.name in offered)
     only = None if set(taken) == set(offered) else taken
     return ShadowTarget(ref.model, route.backend, route.timeout_s, ref.percent, only)
+
+
+_ASSETS = importlib.resources.files("fastapi_offline") / "static"
+"""Swagger UI's and ReDoc's scripts and styles, from the fastapi-offline package."""
+ASSET_PATHS = {
+    "/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript"),
+    "/docs/swagger-ui.css": ("swagger-ui.css", "text/css"),
+    "/docs/favicon.png": ("favicon.png", "image/png"),
+    "/redoc/redoc.standalone.js": ("redoc.standalone.js", "text/javascript"),
+}
+"""Where the router serves the docs pages' assets itself: a cluster without access to a
+public CDN still gets working /docs and /redoc pages."""
+
+
+def _docs(app: FastAPI) -> None:
+    """/docs (Swagger UI), its OAuth2 redirect page and /redoc, with their assets served
+    by the router itself."""
+    title = f"{app.title} - docs"
+    favicon = "/docs/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=title,
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url=favicon,
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def oauth2_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=title,
+            redoc_js_url="/redoc/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+
+    for path, (name, media_type) in ASSET_PATHS.items():
+        app.add_api_route(
+            path, _asset((_ASSETS / name).read_bytes(), media_type), include_in_schema=False
+        )
+
+
+def _asset(content: bytes, media_type: str) -> Callable[[], Awaitable[Response]]:
+    async def asset() -> Response:
+        headers = {"cache-control": "public, max-age=86400"}
+        return Response(content, media_type=media_type, headers=headers)
+
+    return asset
 
 
 def _error_handlers(app: FastAPI, metrics: RouterMetrics) -> None:

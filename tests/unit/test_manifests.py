@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import kubernetes_validate
 import pytest
+from fastapi.testclient import TestClient
 
 from components.config import IngressConfig
 from components.manifests import (
@@ -351,12 +353,20 @@ def test_ingress_serves_the_routes_exactly_and_nothing_else():
     (rule,) = spec["rules"]
     backend = {"service": {"name": "fleet-router", "port": {"name": "http"}}}
     exact = [{"path": p, "pathType": "Exact", "backend": backend} for p in ("/a", "/a/1", "/b/2")]
+    # ingress-nginx refuses a dot in an Exact path: those get its own kind, which it takes
+    # as a prefix (the router answers the exact paths only).
     docs = [
         {"path": "/docs", "pathType": "Exact", "backend": backend},
         {"path": "/docs/oauth2-redirect", "pathType": "Exact", "backend": backend},
-        # ingress-nginx refuses a dot in an Exact path: its own kind, which it takes as a
-        # prefix (the router answers /openapi.json only).
-        {"path": "/openapi.json", "pathType": "ImplementationSpecific", "backend": backend},
+        *(
+            {"path": p, "pathType": "ImplementationSpecific", "backend": backend}
+            for p in (
+                "/docs/swagger-ui-bundle.js",
+                "/docs/swagger-ui.css",
+                "/docs/favicon.png",
+                "/openapi.json",
+            )
+        ),
     ]
     assert rule == {"host": "models.example.com", "http": {"paths": exact + docs}}
     assert "defaultBackend" not in spec
@@ -396,7 +406,17 @@ def test_the_router_serves_what_the_ingress_knows_of_it():
     app = create_app(config, health_interval_s=0)
     served = {getattr(route, "path", None) for route in app.routes}
     assert served == set(ROUTER_OWN_PATHS)
-    assert (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.openapi_url) == DOCS_PATHS
+    assert app.openapi_url in DOCS_PATHS
+    # The docs pages load nothing from elsewhere: their assets are among the docs paths.
+    client = TestClient(app)
+    page = client.get("/docs").text
+    linked = set(re.findall(r'(?:src|href)="([^"]+)"', page)) | set(
+        re.findall(r"url: '([^']+)'", page)
+    )
+    assert linked and linked <= set(DOCS_PATHS), linked
+    for path in ROUTER_OWN_PATHS:
+        if path != "/readyz":  # 503 until the lifespan ran
+            assert client.get(path).status_code == 200, path
     assert "/metrics" in served and "/metrics" not in DOCS_PATHS
 
 
