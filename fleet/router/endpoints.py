@@ -41,7 +41,9 @@ log = logging.getLogger("fleet.router")
 Handler = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
 _JSON = [(b"content-type", b"application/json")]
 CLIENT_GONE = 499
-"""Status recorded in metrics when the client disconnects before its body arrived."""
+"""Status recorded in metrics when the client disconnects before its answer."""
+CLIENT_GONE_KEY = "fleet.client_gone"
+"""Scope key the server sets when the client hung up before its answer was complete."""
 
 
 class Prediction(BaseModel):
@@ -212,6 +214,8 @@ def make_route(
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        if scope.get(CLIENT_GONE_KEY):  # set by the server (fleet/router/server.py)
+            status = CLIENT_GONE
         metrics.observe(ep.path, variant, status, time.perf_counter() - start)
         if copy is not None and ep.shadow is not None:
             # The caller has its answer: nothing from here on reaches it.

@@ -19,7 +19,7 @@ class RouterMetrics:
         self.requests = Counter(
             "fleet_router_requests",
             "Requests answered, by route, serving model (variant) and HTTP status "
-            "(499: the client left before its request body arrived).",
+            "(499: the client left before its answer).",
             ["route", "variant", "status"],
             registry=self.registry,
         )

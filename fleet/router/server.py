@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any, cast
 
 import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from fleet.router.config import RouterLimits
+from fleet.router.endpoints import CLIENT_GONE_KEY
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 _BUSY_BODY = json.dumps(
@@ -95,6 +97,10 @@ class BoundedProtocol(HttpToolsProtocol):
         if running is not None and not running.response_complete:
             running.disconnected = True
             running.message_event.set()
+        for cycle in (running, self.cycle):
+            if cycle is not None and not cycle.response_complete:
+                # The route's handler counts the request as 499: nobody got its answer.
+                cast(dict[str, Any], cycle.scope)[CLIENT_GONE_KEY] = True
         super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
