@@ -203,10 +203,13 @@ def test_provider_outputs_hold_no_secret(small, monkeypatch):
     monkeypatch.setattr(
         components.image.docker_cli,
         "push",
-        lambda ref, login=None: pushed.append(login) or "sha256:" + "5" * 64,
+        lambda ref, login=None, image_id=None: (
+            pushed.append((login, image_id)) or "sha256:" + "5" * 64
+        ),
     )
     outs = ModelImageProvider().create(props).outs
-    assert pushed and pushed[0] is not None  # the push did get the credentials
+    assert pushed and pushed[0][0] is not None  # the push did get the credentials
+    assert pushed[0][1] == stand_in.image_id  # and checks the image is the one built
     assert "s3cret" not in json.dumps(outs)
     state, news = _profile_state(r, registry_username="ci", registry_password=password)
     policy = dict(r.model.settings.memory.model_dump(mode="json"), limit_factor=2.0)
