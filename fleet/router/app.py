@@ -154,7 +154,7 @@ def create_app(
     for r in cfg.routes:
         proxy.add(r.backend)
     for ep, tags in _endpoints(cfg):
-        route: ModelRoute = make_route(ep, backends, bodies, shadows, metrics, cfg.limits, tags)
+        route: ModelRoute = make_route(ep, backends, bodies, shadows, metrics, tags)
         app.router.routes.append(route)
         app.fast[route.path] = route.handler
 

@@ -146,7 +146,6 @@ def make_route(
     bodies: Bodies,
     shadows: Shadows,
     metrics: RouterMetrics,
-    limits: RouterLimits,
     tags: list[str],
 ) -> ModelRoute:
     """The path operation of `ep`: its typed body for OpenAPI, served by its ASGI handler.
