@@ -125,7 +125,12 @@ def test_many_bad_records_are_reported_but_capped() -> None:
     with pytest.raises(RequestProblem) as info:
         schema.parse(json.dumps([{"hour": "x"}] * 100).encode())
     assert len(info.value.problems) == 21
-    assert info.value.problems[-1]["problem"].endswith("more")
+    assert info.value.problems[-1]["problem"] == "the rest of the batch was not checked"
+    # A batch whose first record is good is checked whole: the rest are counted.
+    with pytest.raises(RequestProblem) as info:
+        schema.parse(json.dumps([GOOD] + [{"hour": "x"}] * 100).encode())
+    assert len(info.value.problems) == 21
+    assert info.value.problems[-1]["problem"] == f"{300 - MAX_PROBLEMS} more"
 
 
 def test_many_unknown_fields_are_refused_from_the_first_ones() -> None:
@@ -139,13 +144,33 @@ def test_many_unknown_fields_are_refused_from_the_first_ones() -> None:
     assert len(problems) == MAX_PROBLEMS + 1
     assert problems[0] == {"field": "[0].extra00", "problem": problems[0]["problem"]}
     assert problems[0]["problem"].startswith("unknown field; expected route_decision_score")
-    assert problems[-1] == {"field": "", "problem": f"{5000 - MAX_PROBLEMS} more unknown fields"}
+    # A body this large (over 64 KiB) is judged by its first records.
+    assert problems[-1] == {"field": "", "problem": "the rest of the batch was not checked"}
+    # A smaller one is read whole, and the rest counted.
+    with pytest.raises(RequestProblem) as info:
+        schema.parse(json.dumps(records[:20]).encode())
+    assert info.value.problems[-1]["problem"] == f"{1000 - MAX_PROBLEMS} more unknown fields"
 
 
 def test_a_string_that_looks_like_keys_is_still_a_valid_record() -> None:
     # Its `":` make the body look like one with unknown fields; the exact check says no.
     record = {**GOOD, "city": '"a": "b", "c": "d", "e": "f", "g": "h", "i": "j"'}
     assert len(_schema().parse(json.dumps(record).encode())) == 1
+
+
+def test_a_cut_inside_a_string_reads_the_whole_batch() -> None:
+    # The head of a large batch is cut after its last `},` within 64 KiB: here that `},`
+    # is inside a string, so the head does not parse and the whole body is read.
+    extra = {f"extra{k}": 1 for k in range(10)}
+    records = [{**GOOD, "city": "}," * 40_000, **extra}] + [{**GOOD, **extra}] * 10
+    raw = json.dumps(records).encode()
+    with pytest.raises(RequestProblem) as info:
+        RouteSchema("m", COLUMNS, 1000).parse(raw)
+    assert info.value.problems[0]["field"] == "[0].extra0"
+    assert info.value.problems[-1]["problem"] == f"{110 - MAX_PROBLEMS} more unknown fields"
+    # And a valid batch with such a string is taken.
+    good = [{**GOOD, "city": "}," * 40_000}] + [GOOD] * 10
+    assert len(RouteSchema("m", COLUMNS, 1000).parse(json.dumps(good).encode())) == 11
 
 
 def test_a_long_field_name_is_echoed_short() -> None:
@@ -168,7 +193,7 @@ def test_many_wrong_records_are_described_from_the_first_ones() -> None:
         "[1].hour",
         "[1].holiday",
     ]
-    assert problems[-1] == {"field": "", "problem": f"{1000 - MAX_PROBLEMS} more"}
+    assert problems[-1] == {"field": "", "problem": "the rest of the batch was not checked"}
 
 
 @pytest.mark.parametrize(
