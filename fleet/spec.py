@@ -217,7 +217,9 @@ class Experiment(_Strict):
     @classmethod
     def _route(cls, value: str) -> str:
         parts = value.strip("/").split("/")
-        if not value.startswith("/") or not all(_SEGMENT.match(p) for p in parts):
+        if not value.startswith("/") or not all(
+            _SEGMENT.match(p) and p not in (".", "..") for p in parts
+        ):
             raise ValueError(f"'{value}' is not a path such as /probability/2/TAXI")
         return "/" + "/".join(parts)
 
@@ -384,6 +386,8 @@ def _carry(error: Any, data: Any = None) -> InitErrorDetails:
 def _segment(value: str) -> str:
     if not _SEGMENT.match(value):
         raise ValueError(f"'{value}' may hold only letters, digits, '.', '_' and '-'")
+    if value in (".", ".."):
+        raise ValueError(f"'{value}' is not a path segment (a route is served as written)")
     return value
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleet.errors import SpecError
 from fleet.naming import k8s_name
+from fleet.router.config import own_path
 from fleet.spec import (
     Experiment,
     Fleet,
@@ -149,6 +150,14 @@ def _cross_check(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
                 )
             )
         routes.setdefault(m.route, m.name)
+        if own_path(m.route):
+            problems.append(
+                (
+                    where,
+                    f"model '{m.name}': endpoint/parameters: route {m.route} is the "
+                    f"router's own path ({own_path(m.route)})",
+                )
+            )
         kn = k8s_name(m.name)
         if kn in k8s:
             problems.append(
@@ -167,6 +176,8 @@ def _cross_check(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
             problems.append(
                 (where, f"{who}: route: collides with the route of model '{routes[exp.route]}'")
             )
+        if exp is not None and own_path(exp.route):
+            problems.append((where, f"{who}: route: {exp.route} is the router's own path"))
         if exp is not None and exp.route in seen:
             problems.append((where, f"{who}: route: duplicate of another experiment's route"))
         seen.update([exp.route] if exp is not None else [])

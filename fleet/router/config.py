@@ -59,6 +59,15 @@ from fleet.schema import Column, ColumnType
 CONFIG_VERSION: Literal[1] = 1
 
 
+ROUTER_PATHS = ("/docs", "/redoc", "/openapi.json", "/metrics", "/healthz", "/readyz")
+"""Paths the router serves itself: no route may be one of them or lie under one."""
+
+
+def own_path(path: str) -> str | None:
+    """The router's own path that `path` is or lies under, or None."""
+    return next((p for p in ROUTER_PATHS if path == p or path.startswith(p + "/")), None)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -194,6 +203,9 @@ class RoutesConfig(_Strict):
         dupes = sorted({p for p in paths if paths.count(p) > 1})
         if dupes:
             raise ValueError(f"path(s) served twice: {', '.join(dupes)}")
+        for path in paths:
+            if own_path(path):
+                raise ValueError(f"{path}: the router serves {own_path(path)} itself")
         for e in self.experiments:
             missing = [v.model for v in e.variants if v.model not in models]
             if missing:

@@ -304,3 +304,11 @@ def test_shadow_config_errors_name_the_path() -> None:
     config["routes"][0]["shadow"]["model"] = "m_a"
     with pytest.raises(RoutesConfigError, match="/p/a: the shadow m_a already answers"):
         parse_routes_config(config)
+
+
+def test_a_route_on_the_routers_own_path_is_refused() -> None:
+    fleet = parse_fleet(SHADOWED)
+    config = build_routes_config(fleet, _resolved(fleet), _url)
+    config["routes"][0]["path"] = "/openapi.json"
+    with pytest.raises(RoutesConfigError, match=r"/openapi\.json: the router serves"):
+        parse_routes_config(config)

@@ -179,6 +179,35 @@ def test_yaml_1_1_scalars_keep_the_text_as_written() -> None:
 
 # Each error case: the YAML, the texts the one problem must hold (culprit, field), its line.
 ERROR_CASES = {
+    "a route on the router's own path": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x}
+          - {name: b, version: 1, endpoint: metrics}
+        """,
+        ["model 'b'", "endpoint/parameters", "/metrics", "router's own path"],
+        3,
+    ),
+    "an experiment under the router's docs": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x}
+          - {name: b, version: 1, endpoint: y}
+        experiments:
+          - route: /docs/ab
+            variants: [{model: a, weight: 50}, {model: b, weight: 50}]
+        """,
+        ["experiment '/docs/ab'", "route", "router's own path"],
+        5,
+    ),
+    "a dot-dot segment": (
+        """\
+        models:
+          - {name: a, version: 1, endpoint: x, parameters: [1, ..]}
+        """,
+        ["model 'a'", "parameters", "'..' is not a path segment"],
+        2,
+    ),
     "shadow of an unknown model": (
         """\
         models:
