@@ -366,14 +366,10 @@ class Fleet(_Strict):
     def shadows(self) -> dict[str, Shadow]:
         """The shadow of each route that has one: route path -> shadow."""
         owners: list[ModelEntry | Experiment] = [*self.models, *self.experiments]
-        return {_route_of(o): o.shadow for o in owners if o.shadow is not None}
+        return {o.route: o.shadow for o in owners if o.shadow is not None}
 
 
 _S = TypeVar("_S", ModelEntry, Experiment)
-
-
-def _route_of(owner: ModelEntry | Experiment) -> str:
-    return owner.route
 
 
 def _carry(error: Any, data: Any = None) -> InitErrorDetails:

@@ -150,12 +150,12 @@ def _cross_check(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
                 )
             )
         routes.setdefault(m.route, m.name)
-        if own_path(m.route):
+        if own := own_path(m.route):
             problems.append(
                 (
                     where,
                     f"model '{m.name}': endpoint/parameters: route {m.route} is the "
-                    f"router's own path ({own_path(m.route)})",
+                    f"router's own path ({own})",
                 )
             )
         kn = k8s_name(m.name)

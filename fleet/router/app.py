@@ -30,7 +30,7 @@ from fleet.router.health import BackendHealth
 from fleet.router.metrics import UNMATCHED, RouterMetrics
 from fleet.router.proxy import Proxy
 from fleet.router.shadow import Shadows, ShadowTarget
-from fleet.router.validation import RouteSchema, merged_columns
+from fleet.router.validation import RequestProblem, RouteSchema, merged_columns
 from fleet.router.variants import Split
 from fleet.schema import exact_integer_bounds
 
@@ -72,14 +72,13 @@ class RouterApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+_ENCODED_SLASH = RequestProblem(
+    400, "bad_path", [{"field": "path", "problem": "encoded slashes (%2F) are not allowed"}]
+)
+
+
 async def _refuse_encoded_slash(send: Send) -> None:
-    body = json.dumps(
-        {
-            "error": "bad_path",
-            "message": "encoded slashes (%2F) are not allowed in a path",
-            "problems": [{"field": "path", "problem": "encoded slash (%2F)"}],
-        }
-    ).encode()
+    body = _ENCODED_SLASH.body()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -204,8 +204,8 @@ class RoutesConfig(_Strict):
         if dupes:
             raise ValueError(f"path(s) served twice: {', '.join(dupes)}")
         for path in paths:
-            if own_path(path):
-                raise ValueError(f"{path}: the router serves {own_path(path)} itself")
+            if served := own_path(path):
+                raise ValueError(f"{path}: the router serves {served} itself")
         for e in self.experiments:
             missing = [v.model for v in e.variants if v.model not in models]
             if missing:

@@ -26,7 +26,6 @@ The body's read timeout and the bound on bodies held at once are the routes' own
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, cast
 
 import httptools
@@ -35,30 +34,37 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from fleet.router.config import RouterLimits
 from fleet.router.endpoints import CLIENT_GONE_KEY
+from fleet.router.validation import RequestProblem
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
-_BUSY_BODY = json.dumps(
-    {
-        "error": "router_busy",
-        "message": "the router holds as many connections as it may; retry shortly",
-        "problems": [],
-    }
-).encode()
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
-    % (len(_BUSY_BODY), _BUSY_BODY)
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+def _answer(problem: RequestProblem, *headers: bytes) -> bytes:
+    """The whole HTTP answer of `problem` (its JSON body, as every refusal of the
+    router's), closing the connection."""
+    body = problem.body()
+    head = b"HTTP/1.1 %d %s\r\n" % (problem.status, _REASONS[problem.status])
+    head += b"content-type: application/json\r\nconnection: close\r\n"
+    head += b"".join(h + b"\r\n" for h in headers)
+    return head + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def _head_problem(status: int, error: str, problem: str) -> RequestProblem:
+    return RequestProblem(status, error, [{"field": "(head)", "problem": problem}])
+
+
+_BUSY = _answer(
+    RequestProblem(
+        503,
+        "router_busy",
+        [{"field": "", "problem": "the router holds as many connections as it may; retry"}],
+    ),
+    b"retry-after: 1",
 )
-
-
-class _Refused(Exception):
-    """Raised in a parser callback: answer `status` and close the connection."""
-
-    def __init__(self, status: int, error: str, problem: str) -> None:
-        self.status = status
-        self.error = error
-        self.problem = problem
-        super().__init__(problem)
 
 
 def bounded_protocol(limits: RouterLimits) -> type[HttpToolsProtocol]:
@@ -80,7 +86,7 @@ class BoundedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_count = 0
         self._reading_head = False
-        self._refused: _Refused | None = None
+        self._refused: RequestProblem | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._running: RequestResponseCycle | None = None
         super().connection_made(transport)
@@ -115,14 +121,12 @@ class BoundedProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade_warning()  # the router serves no websockets
-        except httptools.HttpParserError as exc:
-            refused = self._refused or (
-                exc.__context__ if isinstance(exc.__context__, _Refused) else None
-            )
-            if refused is None:
+        except httptools.HttpParserError:
+            # A bound raised in a callback reaches here wrapped; `_refused` says which.
+            if self._refused is None:
                 self.send_400_response("Invalid HTTP request received.")
             else:
-                self._refuse(refused)
+                self._refuse(self._refused)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -165,7 +169,7 @@ class BoundedProtocol(HttpToolsProtocol):
             self._raise(431, "headers_too_large", f"request line and headers over {limit} bytes")
 
     def _raise(self, status: int, error: str, problem: str) -> None:
-        self._refused = _Refused(status, error, problem)
+        self._refused = _head_problem(status, error, problem)
         raise self._refused
 
     def _arm_head_timer(self) -> None:
@@ -185,24 +189,13 @@ class BoundedProtocol(HttpToolsProtocol):
             return
         if self._reading_head:
             timeout = self.limits.header_timeout_s
-            self._refuse(
-                _Refused(408, "head_timeout", f"request head not sent within {timeout:g} s")
-            )
+            late = f"request head not sent within {timeout:g} s"
+            self._refuse(_head_problem(408, "head_timeout", late))
         elif self.cycle is None or self.cycle.response_complete:
             self.transport.close()  # idle: no request came
 
-    def _refuse(self, refused: _Refused) -> None:
-        """Answer `refused` (unless an answer is being written) and close."""
+    def _refuse(self, problem: RequestProblem) -> None:
+        """Answer `problem` (unless an answer is being written) and close."""
         if self.cycle is None or self.cycle.response_complete:
-            body = json.dumps(
-                {
-                    "error": refused.error,
-                    "message": refused.problem,
-                    "problems": [{"field": "(head)", "problem": refused.problem}],
-                }
-            ).encode()
-            head = b"HTTP/1.1 %d %s\r\n" % (refused.status, _REASONS[refused.status])
-            head += b"content-type: application/json\r\nconnection: close\r\n"
-            head += b"content-length: %d\r\n\r\n" % len(body)
-            self.transport.write(head + body)
+            self.transport.write(_answer(problem))
         self.transport.close()

@@ -97,9 +97,7 @@ class RouteSchema:
         if raw.lstrip()[:1] == b"[" and not self._valid_first_record(raw):
             first = self._first_errors(raw)
             if first:
-                problems = [self._describe(e) for e in first[:MAX_PROBLEMS]]
-                problems.append({"field": "", "problem": "the rest of the batch was not checked"})
-                raise RequestProblem(422, "invalid_input", problems)
+                raise self._described(first, "the rest of the batch was not checked")
         try:
             value = self._body.validate_json(raw)
         except ValidationError as exc:
@@ -175,10 +173,8 @@ class RouteSchema:
         if exc.error_count() > 4 * MAX_PROBLEMS and raw:
             first = self._first_errors(raw)
             if first:
-                problems = [self._describe(e) for e in first[:MAX_PROBLEMS]]
-                more = exc.error_count() - len(problems)
-                problems.append({"field": "", "problem": f"{more} more"})
-                return RequestProblem(422, "invalid_input", problems)
+                more = exc.error_count() - min(len(first), MAX_PROBLEMS)
+                return self._described(first, f"{more} more")
         errors = exc.errors(include_url=False, include_input=False)
         if any(e["type"] == "json_invalid" for e in errors):
             msg = errors[0]["msg"].removeprefix("Invalid JSON: ")
@@ -188,6 +184,12 @@ class RouteSchema:
         if len(errors) > MAX_PROBLEMS:
             problems.append({"field": "", "problem": f"{len(errors) - MAX_PROBLEMS} more"})
         return RequestProblem(422, "invalid_input", problems)
+
+    def _described(self, errors: list[Any], rest: str) -> RequestProblem:
+        """The 422 naming the first MAX_PROBLEMS of `errors`, then `rest` (what of the
+        body is not named)."""
+        problems = [self._describe(e) for e in errors[:MAX_PROBLEMS]]
+        return RequestProblem(422, "invalid_input", [*problems, {"field": "", "problem": rest}])
 
     def _first_errors(self, raw: bytes) -> list[Any]:
         """The errors of the body's first failing records, one record at a time, until
