@@ -20,6 +20,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -166,6 +167,17 @@ class Servers:
 
 def by_name(resolved: Sequence[ResolvedModel], name: str) -> ResolvedModel:
     return next(r for r in resolved if r.name == name)
+
+
+def until(done: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    """Poll `done` every `interval_s` until it holds or `timeout_s` has passed; whether it
+    held (for a server's counters, which it updates after it answered)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
 
 
 def metric_samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

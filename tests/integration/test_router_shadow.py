@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from fleet.router.metrics import DIFF_BUCKETS
 from fleet.routes import build_routes_config
 from fleet.schema import random_records
 from fleet.spec import Fleet
-from tests.support import Servers, by_name, local_model_dir, metric_samples, wait_for
+from tests.support import (
+    Servers,
+    by_name,
+    local_model_dir,
+    metric_samples,
+    until,
+    wait_for,
+)
 
 COLUMNS = [{"name": "x", "type": "double", "required": True}]
 REQUESTS = 40
@@ -106,9 +112,7 @@ def test_a_failing_shadow_changes_nothing_for_callers_and_is_bounded(
             errors.get((("kind", kind), *labels), 0.0),
         )
 
-    deadline = time.monotonic() + 10  # the hanging shadow's calls end at its 1 s timeout
-    while sum(settled()[:2]) < REQUESTS and time.monotonic() < deadline:
-        time.sleep(0.2)
+    until(lambda: sum(settled()[:2]) >= REQUESTS, 10)  # hanging calls end at their 1 s timeout
     failed, dropped, of_kind = settled()
     assert failed + dropped == REQUESTS  # every request was copied or counted as dropped
     assert failed == of_kind >= 1
@@ -172,14 +176,15 @@ def test_the_shadow_gets_its_share_of_requests(
         for record in records:
             assert http.post(resolved.model.route, json=record).status_code == 200
     labels = (("route", resolved.model.route), ("shadow", CHALLENGER))
-    deadline = time.monotonic() + 10
-    while True:
-        calls = metric_samples(router, "fleet_router_shadow_calls_total")
-        copied = calls.get((("outcome", "ok"), *labels), 0.0)
-        settled = metric_samples(router, "fleet_router_shadow_duration_seconds_count")
-        if settled.get(labels, 0.0) == copied or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+
+    def settled() -> bool:  # every call that ended was answered
+        ended = metric_samples(router, "fleet_router_shadow_duration_seconds_count")
+        ok = metric_samples(router, "fleet_router_shadow_calls_total")
+        return ended.get(labels, 0.0) == ok.get((("outcome", "ok"), *labels), 0.0)
+
+    until(settled, 10)
+    calls = metric_samples(router, "fleet_router_shadow_calls_total")
+    copied = calls.get((("outcome", "ok"), *labels), 0.0)
     # Binomial(600, 0.25): mean 150, sd 10.6; 5 sd either side.
     assert 150 - 53 <= copied <= 150 + 53, copied
     assert calls.get((("outcome", "error"), *labels), 0.0) == 0.0
@@ -209,12 +214,12 @@ def test_the_difference_histogram_is_the_offline_one(
             assert resp.status_code == 200, resp.text
             got += resp.json()["predictions"]
     labels = (("route", resolved.model.route), ("shadow", CHALLENGER))
-    deadline = time.monotonic() + 10
-    while metric_samples(router, "fleet_router_shadow_abs_diff_count").get(labels, 0.0) < len(
-        records
-    ):
-        assert time.monotonic() < deadline, "the shadow calls did not all finish"
-        time.sleep(0.2)
+
+    def all_compared() -> bool:  # the router compares after the caller has its answer
+        compared = metric_samples(router, "fleet_router_shadow_abs_diff_count")
+        return compared.get(labels, 0.0) >= len(records)
+
+    assert until(all_compared, 10), "the shadow calls did not all finish"
 
     frame = pd.DataFrame(records)
     champion = mlflow.pyfunc.load_model(str(local_model_dir(demo_uri, PRIMARY, "champion")))
