@@ -9,16 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.pod import ANNOTATION, PodParams, Text, deployment_spec, labels, pod_spec, selector
+from components.pod import (
+    ANNOTATION,
+    PodParams,
+    Text,
+    deployment_spec,
+    labels,
+    pod_spec,
+    selector,
+)
 from fleet.host.images import PORT
 from fleet.spec import Settings
 
 MODEL_PORT = PORT
-"""Port of the BentoML model server in the image (`fleet.host.images`)."""
+"""Port of the model server in the image (`fleet.host.images`)."""
 MODEL_COMPONENT = "model-server"
-BENTOML_HOME = "/tmp/bentoml"
-"""BENTOML_HOME in the pod: the server writes there (metrics, tmp files). Set here as well
-as in the image, so the writable emptyDir and the variable cannot drift apart."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,8 @@ def model_deployment(m: ModelObjects) -> dict[str, Any]:
             cpu=m.settings.cpu,
             memory_request=m.memory_request,
             memory_limit=m.memory_limit,
-            env={"BENTOML_HOME": BENTOML_HOME},
-            scratch={"tmp": "/tmp", "bentoml-home": BENTOML_HOME},
+            # The server writes nothing; /tmp is where a model's own code would.
+            scratch={"tmp": "/tmp"},
             image_pull_secrets=m.image_pull_secrets,
         )
     )

@@ -40,10 +40,11 @@ from fleet.hashing import (
 from fleet.host import docker_cli, image_layers, requirements
 from fleet.host.environment import LOCAL_HOME, child_env
 from fleet.host.locks import locked
-from fleet.host.model_server import SERVICE, server_config, server_env
+from fleet.host.model_server import SERVICE, server_args, server_config, server_env
 from fleet.host.model_store import ModelStore, model_tag
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
+from fleet.serving.config import ENV_MODEL_DIR, MLFLOW_FOLDER, PYTHON_FLAGS, THREAD_ENV
 
 DEFAULT_BASE_IMAGE = "model-fleet/base:bookworm"
 DEFAULT_REGISTRY = "localhost:5000/fleet"
@@ -123,13 +124,18 @@ def image_ref(resolved: ResolvedModel, settings: BuildSettings) -> str:
 
 
 def image_env(resolved: ResolvedModel) -> dict[str, str]:
-    """The environment baked into the model image: which model, its signature, batching."""
+    """The environment baked into the model image: which model, its signature, batching,
+    and where the model is in the bento."""
+    config = server_config(resolved)
+    name, version = config.model_tag.split(":")
     return {
-        **server_config(resolved).to_env(),
+        **config.to_env(),
+        ENV_MODEL_DIR: f"{BENTO_DIR}/models/{name}/{version}/{MLFLOW_FOLDER}",
+        **THREAD_ENV,
         "BENTOML_HOME": "/tmp/bentoml",
         "BENTOML_DO_NOT_TRACK": "true",
         "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
-        "PYTHONPATH": DEPS_DIR,
+        "PYTHONPATH": f"{DEPS_DIR}:{BENTO_DIR}/src",
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",
     }
@@ -139,12 +145,12 @@ def image_config(resolved: ResolvedModel, base_env: list[str]) -> dict[str, Any]
     """The image config: env (the base's, then ours), non-root user, port, command, labels."""
     env = dict(e.split("=", 1) for e in base_env)
     env.update(image_env(resolved))
-    argv = ["/usr/bin/python3", "-m", "bentoml", "serve", BENTO_DIR]
+    argv = ["/usr/bin/python3", *PYTHON_FLAGS, "-m", "fleet.serving"]
     return {
         "Env": [f"{k}={v}" for k, v in env.items()],
         "User": f"{UID}:{UID}",
         "ExposedPorts": {f"{PORT}/tcp": {}},
-        "Cmd": [*argv, "--host", "0.0.0.0", "--port", str(PORT)],
+        "Cmd": [*argv, *server_args("0.0.0.0", PORT)],
         "WorkingDir": "/tmp",
         "Labels": {
             "fleet.model": resolved.name,

@@ -1,8 +1,9 @@
 """How one model server is started on this machine: its argv and its environment.
 
-The server is `bentoml serve fleet.serving.service:ModelServer` from the current
-virtualenv; everything model-specific reaches it through environment variables
-(`fleet.serving.config.ServerConfig`). Used by `fleet serve` and the profiler's
+The server is `python -m fleet.serving` from the current virtualenv, one process;
+everything model-specific reaches it through environment variables
+(`fleet.serving.config.ServerConfig`, and `FLEET_MODEL_DIR` for the model's folder in
+the store). Used by `fleet serve` and the profiler's
 process backend; the model image runs the same service from its bento.
 """
 
@@ -13,10 +14,17 @@ from pathlib import Path
 
 from fleet.host.model_store import ModelStore, model_tag
 from fleet.resolved import ResolvedModel
-from fleet.serving.config import ServerConfig
+from fleet.serving.config import (
+    ENV_MODEL_DIR,
+    MLFLOW_FOLDER,
+    PYTHON_FLAGS,
+    THREAD_ENV,
+    ServerConfig,
+)
 
 SERVICE = "fleet.serving.service:ModelServer"
-# The source root that holds the `fleet` package, so `bentoml serve` can import it.
+"""The BentoML service `bentoml build` packs (the image runs `python -m fleet.serving`)."""
+# The source root that holds the `fleet` package, so the server can import it.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -40,6 +48,7 @@ def server_env(store: ModelStore) -> dict[str, str]:
         # MLflow checks the model's pip requirements against the environment on load.
         "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
         "PYTHONUNBUFFERED": "1",
+        **THREAD_ENV,
     }
 
 
@@ -57,23 +66,18 @@ def server_command(
     `fleet.host.processes.Supervisor.start`; it answers `GET /readyz` with 200 once the
     model is loaded.
     """
-    env = {**server_config(resolved, bento_model_tag).to_env(), **server_env(store)}
-    env["BENTOML_HOME"] = str(store.server_home(port))
+    config = server_config(resolved, bento_model_tag)
+    env = {**config.to_env(), **server_env(store)}
+    env[ENV_MODEL_DIR] = str(store.model_dir(config.model_tag) / MLFLOW_FOLDER)
+    env["PYTHONPATH"] = str(SOURCE_ROOT)
     return serve_argv(host, port), env
 
 
-def serve_argv(host: str, port: int, working_dir: Path = SOURCE_ROOT) -> list[str]:
-    """`bentoml serve` of the fleet service from the current interpreter."""
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        SERVICE,
-        "--working-dir",
-        str(working_dir),
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+def serve_argv(host: str, port: int) -> list[str]:
+    """`python -m fleet.serving` from the current interpreter."""
+    return [sys.executable, *PYTHON_FLAGS, "-m", "fleet.serving", *server_args(host, port)]
+
+
+def server_args(host: str, port: int) -> list[str]:
+    """The server's options after `python -m fleet.serving` (the image's command too)."""
+    return ["--host", host, "--port", str(port)]

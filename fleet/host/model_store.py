@@ -69,20 +69,6 @@ class ModelStore:
             ) from exc
         return tag
 
-    def server_home(self, port: int) -> Path:
-        """A BentoML home of its own for the local server on `port`, sharing `models/`.
-
-        BentoML keeps Prometheus' multiprocess files in its home and wipes them when a
-        server starts, so servers sharing one home would mix and erase each other's metrics.
-        """
-        home = self.home / "servers" / str(port)
-        home.mkdir(parents=True, exist_ok=True)
-        models = home / "models"
-        if not models.is_symlink():
-            (self.home / "models").mkdir(parents=True, exist_ok=True)
-            models.symlink_to(self.home / "models", target_is_directory=True)
-        return home
-
 
 def model_tag(resolved: ResolvedModel) -> str:
     """The BentoML model tag of a registry version: stable, so imports are idempotent."""

@@ -98,5 +98,7 @@ def compile_bytecode(tree: Path, image_path: str) -> None:
     package, say) is left without bytecode, as uv would.
     """
     argv = [sys.executable, "-m", "compileall", "-q", "-j", "0", "-d", image_path]
+    # Level 2 too: the model server runs with -OO (`fleet.serving.config.PYTHON_FLAGS`).
+    argv += ["-o", "0", "-o", "2"]
     argv += ["--invalidation-mode", "checked-hash", str(tree)]
     subprocess.run(argv, capture_output=True, check=False)

@@ -5,12 +5,19 @@ answers 503 once a request's estimated wait exceeds `max_latency_ms`; at concurr
 it collapses into 503s and stays slow after the load is gone (docs/benchmarks.md). This
 batcher has no learned state and never refuses work:
 
-- The model runs in one dedicated thread; while it runs, requests queue up, and the next
-  call takes up to `max_batch_size` records from the queue at once. An idle model
-  starts at once, so a lone request pays no batching delay.
+- The model runs on the event loop itself, one call at a time. While it runs, new
+  requests wait in the socket buffers; when it returns, the loop reads them all, each
+  joins the queue, and the next call takes up to `max_batch_size` records from it, oldest
+  first. An idle model starts at once, so a lone request pays no batching delay.
 - Only when concurrency has been seen (the previous call held more than one request) and
   just one request is waiting does the batcher wait for company, for at most
   `max_latency_ms` and never longer than the previous model call took.
+
+Why on the loop and not in a thread: a small model's call is mostly Python (pandas,
+scikit-learn's checks), which holds the GIL anyway; handing each call to a thread and its
+answer back costs about 0.5 ms per request at concurrency 1, and the two threads' GIL
+handoffs lengthen the tail under load (docs/benchmarks.md, "Model server"). The cost: a
+probe waits for the call in progress, a few milliseconds for the models this serves.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +52,6 @@ class MicroBatcher:
     _queue: deque[_Job] = field(default_factory=deque)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
-    _executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
-    )
     _last_jobs: int = 1
     _last_seconds: float = 0.0
 
@@ -66,7 +69,6 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         assert self._wake is not None
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -77,7 +79,7 @@ class MicroBatcher:
                 records = [r for job in jobs for r in job.records]
                 started = time.perf_counter()
                 try:
-                    out = await loop.run_in_executor(self._executor, self.predict, records)
+                    out = self.predict(records)
                 except Exception as exc:  # the requests of this batch get the error
                     for job in jobs:
                         if not job.future.done():
@@ -106,10 +108,9 @@ class MicroBatcher:
         return jobs
 
     def close(self) -> None:
-        """Stop the model thread (pending calls finish first)."""
+        """Stop taking work."""
         if self._task is not None:
             self._task.cancel()
-        self._executor.shutdown(wait=True)
 
 
 def _hand_out(jobs: Sequence[_Job], out: list[Any]) -> None:

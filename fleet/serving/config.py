@@ -21,6 +21,21 @@ ENV_BATCHING = "FLEET_BATCHING"
 ENV_MAX_BATCH_SIZE = "FLEET_MAX_BATCH_SIZE"
 ENV_MAX_LATENCY_MS = "FLEET_MAX_LATENCY_MS"
 ENV_MAX_RECORDS = "FLEET_MAX_RECORDS"
+ENV_MAX_BODY_BYTES = "FLEET_MAX_BODY_BYTES"
+MLFLOW_FOLDER = "mlflow_model"
+"""Where `bentoml.mlflow.import_model` puts the MLflow model in a BentoML model's folder."""
+ENV_MODEL_DIR = "FLEET_MODEL_DIR"
+"""Where the MLflow model folder is: set by the image and by `fleet.host.model_server`,
+outside `ServerConfig`, as it is a path of the machine the server runs on."""
+
+THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Set for every model server (image and local): one model call runs at a time, and each
+idle BLAS thread pool costs about 20 MiB (measured: 214 against 172 MiB PSS idle)."""
+
+PYTHON_FLAGS = ("-OO",)
+"""The model server's interpreter flags: without docstrings (and asserts) it holds 23 MiB
+less (measured: 187 against 210 MiB RSS idle, a pyfunc LogisticRegression), and serving
+reads no docstring. The router keeps them: FastAPI's OpenAPI is made of them."""
 
 
 class ConfigError(ValueError):
@@ -45,6 +60,8 @@ class ServerConfig:
     """Most time a lone request waits for others to join its batch (see `batcher`)."""
     max_records: int = 1000
     """Most records in one request."""
+    max_body_bytes: int = 16 * 2**20
+    """Largest request body; a larger one gets 413."""
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that `from_env` reads back into this config."""
@@ -56,6 +73,7 @@ class ServerConfig:
             ENV_MAX_BATCH_SIZE: str(self.max_batch_size),
             ENV_MAX_LATENCY_MS: str(self.max_latency_ms),
             ENV_MAX_RECORDS: str(self.max_records),
+            ENV_MAX_BODY_BYTES: str(self.max_body_bytes),
         }
 
     @staticmethod
@@ -80,6 +98,7 @@ class ServerConfig:
             max_batch_size=_positive(env, ENV_MAX_BATCH_SIZE, 64),
             max_latency_ms=_positive(env, ENV_MAX_LATENCY_MS, 20),
             max_records=_positive(env, ENV_MAX_RECORDS, 1000),
+            max_body_bytes=_positive(env, ENV_MAX_BODY_BYTES, 16 * 2**20),
         )
 
 

@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 
 from components.config import IngressConfig
 from components.manifests import (
-    BENTOML_HOME,
     MODEL_PORT,
     ModelObjects,
     backend_url,
@@ -131,11 +130,8 @@ def test_model_pod_is_restricted_with_writable_scratch_only():
     pod = model_deployment(objects())["spec"]["template"]["spec"]
     assert violations(pod) == []
     (c,) = pod["containers"]
-    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp", BENTOML_HOME}
-    assert all("emptyDir" in v for v in pod["volumes"])
-    # Each emptyDir is bounded; together they hold what the profiler's /tmp held.
-    assert [v["emptyDir"] for v in pod["volumes"]] == [{"sizeLimit": "128Mi"}] * 2
-    assert {"name": "BENTOML_HOME", "value": BENTOML_HOME} in c["env"]
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+    assert [v["emptyDir"] for v in pod["volumes"]] == [{"sizeLimit": f"{SCRATCH_MIB}Mi"}]
     # The pod runs as the user the image is built with.
     assert RUN_AS_USER == UID == pod["securityContext"]["runAsUser"]
     assert pod["enableServiceLinks"] is False
