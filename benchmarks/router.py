@@ -1,9 +1,9 @@
 """The router's cost per hop: a model server called directly, through nginx, through the router.
 
     uv run python -m benchmarks.router [--tracking-uri URI] [--model NAME]
-        [--backend bentoml|echo] [--concurrency 1 16 64] [--seconds 8] [--rounds 3]
+        [--backend model|echo] [--concurrency 1 16 64] [--seconds 8] [--rounds 3]
 
-One model server (the real BentoML server of `fleet.serving`, or with `--backend echo` a
+One model server (the real model server of `fleet.serving`, or with `--backend echo` a
 trivial uvicorn app that isolates the proxies' own cost), and in front of it:
 - nginx (Debian's), 1 worker, upstream keepalive: a reference proxy hop;
 - the router (`python -m fleet.router`, uvicorn, 1 worker) with one route to it, as
@@ -262,7 +262,7 @@ def start_backend(
     server = start(children, "model-server", argv, url, env=env)
     batching = resolved.model.settings.batching
     what = (
-        f"BentoML model server, {resolved.name} (batching {batching.enabled}, "
+        f"model server, {resolved.name} (batching {batching.enabled}, "
         f"max {batching.max_batch_size}, {batching.max_latency_ms} ms)"
     )
     return resolved, url, what, server.pid
@@ -395,7 +395,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", default=None, help="registry holding the demo models")
     parser.add_argument("--model", default="match_probability_1_TAXI_trafficaware")
-    parser.add_argument("--backend", choices=["bentoml", "echo"], default="bentoml")
+    parser.add_argument("--backend", choices=["model", "echo"], default="model")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)

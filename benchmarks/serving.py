@@ -1,12 +1,23 @@
-"""Benchmark the model server against `mlflow models serve`, side by side in one run.
+"""The model server against the one before it and `mlflow models serve`, side by side.
 
-    uv run python -m benchmarks.serving [--duration 4] [--rounds 3] [--out results.json]
+    uv run python -m benchmarks.serving [--tracking-uri URI] [--model NAME]
+        [--before REV] [--concurrency 1 16 64] [--seconds 5] [--rounds 3] [--out FILE]
 
-For one demo model: our BentoML server with batching on, with batching off, and
-`mlflow models serve` (one worker each, like one pod), all running at once and taking
-turns, at concurrency 1, 16 and 64: requests/s, p50, p99 (medians over rounds), errors,
-and PSS of each server's process tree (idle and after load). One record per request, the
-shape of the router's traffic.
+One demo model (default the pyfunc LogisticRegression `match_probability_1_TAXI_trafficaware`),
+one record per request, served by:
+- this tree's model server (`python -OO -m fleet.serving`, one process), batching on;
+- the model server of commit REV (default: the last commit before this server, the
+  BentoML service on the pyfunc path), as `bentoml serve` ran it, checked out into a
+  temporary git worktree and run with this environment's packages and that commit's
+  environment for it;
+- `mlflow models serve --env-manager local -w 1`;
+- a no-op ASGI app under uvicorn: the load generator's own ceiling.
+All run at once and take turns (the order rotated every round), for `rounds` rounds at
+each concurrency, measured by the lean load loop of benchmarks/router.py (one keep-alive
+connection per client). The table shows medians over rounds of requests/s, p50, p99 and
+the server's CPU time per request (its whole process tree), the ratios to
+`mlflow models serve` are medians of the per-round ones; then PSS of each server's
+process tree, idle (after a warm-up) and after the load, with its process count.
 """
 
 from __future__ import annotations
@@ -15,43 +26,31 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-from dataclasses import replace
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import pss_mib, run_load
-from fleet.host.demo_registry import create_demo_registry
-from fleet.host.environment import HOST
-from fleet.host.model_server import server_command
+from benchmarks.common import process_tree, pss_mib
+from benchmarks.router import ROOT, Load, cpu_s, start, supervisor
+from fleet.host.model_server import server_command, server_config
 from fleet.host.model_store import ModelStore
-from fleet.host.processes import Child, Supervisor, free_port, wait_ready
-from fleet.host.registry import Registry, local_tracking_uri
+from fleet.host.processes import Supervisor, free_port
+from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
 from fleet.specfile import load_fleet
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def with_batching(resolved: ResolvedModel, enabled: bool) -> ResolvedModel:
-    settings = resolved.model.settings
-    batching = settings.batching.model_copy(update={"enabled": enabled})
-    model = resolved.model.model_copy(
-        update={"settings": settings.model_copy(update={"batching": batching})}
-    )
-    return replace(resolved, model=model)
-
-
-def start(
-    children: Supervisor, name: str, argv: list[str], env: dict[str, str], url: str, path: str
-) -> Child:
-    """Start a server and wait until `GET <url><path>` answers 200."""
-    started = children.start(name, argv, env, url)
-    for _, why in wait_ready([started], 300, path=path):
-        raise RuntimeError(f"{name} never ready: {why}\n{started.log_tail(40)}")
-    return started
+BEFORE = "8048a61"
+"""The last commit whose model server was the BentoML service on the pyfunc path."""
+NOW = "this server"
+PREVIOUS = "previous server (BentoML, pyfunc)"
+MLFLOW = "mlflow models serve"
+NOOP = "no-op app (generator ceiling)"
 
 
 async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -65,111 +64,170 @@ async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"[0.5]"})
 
 
-def measure(
-    servers: dict[str, tuple[Child, str, list[Any]]], args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """Every level, in rounds that take turns between the servers; medians over rounds.
+@dataclass
+class Target:
+    """One server under test and what was measured of it."""
 
-    Taking turns spreads the noise of a shared machine over all servers alike, so the
-    side-by-side ratios hold even when the absolute numbers drift.
-    """
-    for _, url, bodies in servers.values():
-        run_load(url, bodies, concurrency=16, duration_s=2)  # warm-up
-    idle = {name: pss_mib(proc.pid) for name, (proc, _, _) in servers.items()}
-    rows = []
-    for c in args.concurrency:
-        runs: dict[str, list[Any]] = {name: [] for name in servers}
-        for _ in range(args.rounds):
-            for name, (_, url, bodies) in servers.items():
-                runs[name].append(run_load(url, bodies, concurrency=c, duration_s=args.duration))
-        for name, results in runs.items():
-            row = {
-                "server": name,
-                "concurrency": c,
-                "rps": round(statistics.median(r.rps for r in results), 1),
-                "p50_ms": round(statistics.median(r.p50_ms for r in results), 2),
-                "p99_ms": round(statistics.median(r.p99_ms for r in results), 2),
-                "errors": sum(r.errors for r in results),
-                "requests": sum(r.requests for r in results),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    for row in rows:
-        proc = servers[row["server"]][0]
-        row.update(
-            pss_idle_mib=round(idle[row["server"]], 1), pss_after_mib=round(pss_mib(proc.pid), 1)
-        )
-    return rows
+    load: Load
+    pid: int
+    runs: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    pss_idle: float = 0.0
+    pss_after: float = 0.0
+    processes: int = 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="match_probability_1_TAXI_trafficaware")
-    parser.add_argument("--tracking-uri", default=None, help="default: a fresh demo registry")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server and level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
-    args = parser.parse_args()
+def start_now(children: Supervisor, resolved: ResolvedModel, store: ModelStore) -> Target:
+    port = free_port()
+    argv, env = server_command(resolved, port, store)
+    url = f"http://127.0.0.1:{port}"
+    server = start(children, "now", argv, url, env=env)
+    return Target(Load(f"{url}/predict", bodies(resolved)), server.pid)
 
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    # $BENTOML_HOME when set, else a fresh store of this run.
-    store = ModelStore(HOST.bentoml_home or (work / "bentoml").resolve())
-    if args.tracking_uri is None:
-        registry = Registry(local_tracking_uri(work))
-        create_demo_registry(registry, work / "artifacts", progress=lambda _: None)
-    else:
-        registry = Registry.from_environment(args.tracking_uri)
-    fleet = load_fleet(ROOT / "models.yaml").only([args.model])
-    resolved = registry.resolve(fleet)[0]
-    tag = store.import_model(resolved, registry)
+
+def start_previous(
+    children: Supervisor, resolved: ResolvedModel, store: ModelStore, tree: Path
+) -> Target:
+    """`bentoml serve` of the service in `tree`, with the environment that commit gave it."""
+    port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=children.log_dir))
+    (home / "models").symlink_to(store.home / "models", target_is_directory=True)
+    env = {
+        **server_config(resolved).to_env(),
+        **store.env(),
+        "BENTOML_HOME": str(home),
+        "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [sys.executable, "-m", "bentoml", "serve", "fleet.serving.service:ModelServer"]
+    argv += ["--working-dir", str(tree), "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    server = start(children, "previous", argv, url, env=env)
+    return Target(Load(f"{url}/predict", bodies(resolved)), server.pid)
+
+
+def start_mlflow(children: Supervisor, resolved: ResolvedModel, registry: Registry) -> Target:
+    port = free_port()
+    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+    argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
+    argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    url = f"http://127.0.0.1:{port}"
+    env = {**registry.env(), "PATH": path}
+    server = start(children, "mlflow", argv, url, env=env, path="/ping")
     records = random_records(resolved.inputs, 500, seed=0)
-    servers: dict[str, tuple[Child, str, list[Any]]] = {}
-    children = Supervisor(work / "logs")
-    try:
-        for enabled in (True, False):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            variant = with_batching(resolved, enabled)
-            argv, env = server_command(variant, port, store, bento_model_tag=tag)
-            on = "on" if enabled else "off"
-            server = start(children, f"bentoml-batching-{on}", argv, env, url, "/readyz")
-            bodies = [{"records": [r]} for r in records]
-            servers[f"fleet BentoML, batching {on}"] = (server, f"{url}/predict", bodies)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
-        argv = [mlflow_cli, "models", "serve", "-m", resolved.model_uri, "--env-manager", "local"]
-        argv += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-        # mlflow runs `uvicorn` by name: the venv's bin must be on PATH.
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        server = start(children, "mlflow", argv, {**registry.env(), "PATH": path}, url, "/ping")
-        bodies = [{"dataframe_records": [r]} for r in records]
-        servers["mlflow models serve"] = (server, f"{url}/invocations", bodies)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "uvicorn", "benchmarks.serving:noop_app", "--port", str(port)]
-        server = start(children, "noop", [*argv, "--log-level", "warning"], {}, url, "/")
-        servers["no-op ASGI app (generator ceiling)"] = (server, f"{url}/", [{}])
-        rows = measure(servers, args)
-    finally:
-        children.stop_all(grace_s=20)
+    return Target(
+        Load(f"{url}/invocations", [{"dataframe_records": [r]} for r in records]), server.pid
+    )
 
-    print_table(rows)
+
+def start_noop(children: Supervisor) -> Target:
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "benchmarks.serving:noop_app", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    server = start(children, "noop", [*argv, "--log-level", "warning"], url, path="/")
+    return Target(Load(f"{url}/", [{}]), server.pid)
+
+
+def bodies(resolved: ResolvedModel) -> list[dict[str, Any]]:
+    return [{"records": [r]} for r in random_records(resolved.inputs, 500, seed=0)]
+
+
+def measure(targets: dict[str, Target], args: argparse.Namespace) -> None:
+    for t in targets.values():
+        t.load.run(16, 2.0)  # warm-up
+    time.sleep(1)
+    for t in targets.values():
+        t.pss_idle = pss_mib(t.pid)
+        t.processes = len(process_tree(t.pid))
+    names = list(targets)
+    for c in args.concurrency:
+        for i in range(args.rounds):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                t = targets[name]
+                before = cpu_s(t.pid)
+                res = t.load.run(c, args.seconds)
+                n = max(1.0, res.rps * args.seconds)
+                run = {
+                    "rps": res.rps,
+                    "p50_ms": res.p50_ms,
+                    "p99_ms": res.p99_ms,
+                    "errors": res.errors,
+                    "cpu_ms": (cpu_s(t.pid) - before) * 1000 / n,
+                }
+                t.runs.setdefault(c, []).append(run)
+                print(f"c={c:<3} {name:<36} " + json.dumps(run), file=sys.stderr, flush=True)
+    for t in targets.values():
+        t.pss_after = pss_mib(t.pid)
+
+
+def table(targets: dict[str, Target], model: str, before: str) -> str:
+    med = statistics.median
+    ref = targets[MLFLOW]
+    lines = [
+        f"Model: {model}; previous server: commit {before}",
+        "",
+        "| c | server | req/s | req/s vs mlflow | p50 | p99 | p99/p50 | CPU/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in next(iter(targets.values())).runs:
+        for name, t in targets.items():
+            runs = t.runs[c]
+            vs = med(a["rps"] / b["rps"] for a, b in zip(runs, ref.runs[c], strict=True))
+            p50, p99 = med(r["p50_ms"] for r in runs), med(r["p99_ms"] for r in runs)
+            lines.append(
+                f"| {c} | {name} | {med(r['rps'] for r in runs):.0f} | {vs:.2f}x | "
+                f"{p50:.2f} ms | {p99:.2f} ms | {p99 / p50:.1f} | "
+                f"{med(r['cpu_ms'] for r in runs):.3f} ms | {sum(r['errors'] for r in runs)} |"
+            )
+    lines += ["", "| server | processes | PSS idle | PSS after the load |", "|---|---|---|---|"]
+    for name, t in targets.items():
+        lines.append(f"| {name} | {t.processes} | {t.pss_idle:.0f} MiB | {t.pss_after:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tracking-uri", default=None, help="registry holding the demo models")
+    parser.add_argument("--model", default="match_probability_1_TAXI_trafficaware")
+    parser.add_argument("--before", default=BEFORE, help="commit of the previous server")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="also write the runs as JSON")
+    args = parser.parse_args()
+    started = time.time()
+    registry = Registry.from_environment(args.tracking_uri)
+    resolved = registry.resolve(load_fleet(ROOT / "models.yaml").only([args.model]))[0]
+    store = ModelStore.from_environment()
+    store.import_model(resolved, registry)
+    with ExitStack() as stack:
+        children = supervisor(stack)
+        tree = Path(tempfile.mkdtemp(prefix="serving-before-"))
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run([*git, "add", "--detach", "-f", str(tree), args.before], check=True)
+        stack.callback(subprocess.run, [*git, "remove", "--force", str(tree)], check=False)
+        targets = {
+            NOW: start_now(children, resolved, store),
+            PREVIOUS: start_previous(children, resolved, store, tree),
+            MLFLOW: start_mlflow(children, resolved, registry),
+            NOOP: start_noop(children),
+        }
+        measure(targets, args)
+    print(table(targets, args.model, args.before))
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
-    return 0
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print("\n| server | c | req/s | p50 ms | p99 ms | errors | PSS idle / after MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['server']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['errors']} | {r['pss_idle_mib']} / {r['pss_after_mib']} |"
-        )
+        data = {
+            name: {"runs": t.runs, "pss_idle": t.pss_idle, "pss_after": t.pss_after}
+            for name, t in targets.items()
+        }
+        args.out.write_text(json.dumps(data, indent=2))
+    load = os.getloadavg()
+    print(
+        f"\n{time.time() - started:.0f} s; load average at the end {load[0]:.1f}; "
+        f"{os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -2,9 +2,9 @@
 shadow that hangs, one that answers 500, and one that answers, all at 100%.
 
     uv run python -m benchmarks.shadow [--tracking-uri URI] [--model NAME]
-        [--backend bentoml|echo] [--concurrency 1 16 64] [--seconds 5] [--rounds 3]
+        [--backend model|echo] [--concurrency 1 16 64] [--seconds 5] [--rounds 3]
 
-One model server answers the route (the real BentoML server of the model, or `--backend
+One model server answers the route (the real model server of the model, or `--backend
 echo`). Four routers (`python -m fleet.router`, default limits: `shadow_calls` 4) route
 to it; three copy every request to a shadow played by the echo stand-in
 (tests/support.py): `hang` never answers (each copy waits for its 1 s timeout, so nearly
@@ -152,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", default=None, help="registry holding the demo models")
     parser.add_argument("--model", default="match_probability_2_TAXI_trafficaware")
-    parser.add_argument("--backend", choices=["bentoml", "echo"], default="bentoml")
+    parser.add_argument("--backend", choices=["model", "echo"], default="model")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)

@@ -57,11 +57,6 @@ class ModelLoadError(RuntimeError):
     """The model folder cannot be served; the message says why."""
 
 
-def records_frame(records: Sequence[dict[str, Any]], columns: Sequence[Column]) -> Any:
-    """A DataFrame of `records` with the signature's column order and dtypes."""
-    return Framer(columns)(records)
-
-
 class Framer:
     """Makes DataFrames of records with the signature's column order and dtypes.
 
@@ -146,14 +141,12 @@ class FramePredictor:
 
     def __call__(self, records: Records) -> list[Any]:
         frame = self.frame(records)
-        fn = self.checked
-        if self.unchecked is not None and not (self._optional and _has_missing(records, self)):
-            fn = self.unchecked
+        fn = self.checked if self.unchecked is None or self._missing(records) else self.unchecked
         return to_json_list(fn(frame), len(records))
 
-
-def _has_missing(records: Records, predictor: FramePredictor) -> bool:
-    return any(r.get(name) is None for r in records for name in predictor._optional)
+    def _missing(self, records: Records) -> bool:
+        names = self._optional
+        return bool(names) and any(r.get(n) is None for r in records for n in names)
 
 
 class ArrayPredictor:

@@ -205,10 +205,8 @@ def test_killed_and_frozen_model_servers_come_back_while_the_rest_serves(
         hung = _server_tree(child, frozen.name)
         for process in hung:
             process.suspend()  # SIGSTOP: it still accepts connections, answers nothing
-        # Only the server process: its worker (in a session of its own) is orphaned,
-        # keeps running and holds the port until fleet serve stops it.
-        server, *orphans = _server_tree(child, killed.name)
-        assert orphans, "the model server has no worker process"
+        # A model server is one process (no supervisor and worker).
+        (server,) = _server_tree(child, killed.name)
         server.kill()
 
         def down() -> dict[str, str]:
@@ -227,7 +225,7 @@ def test_killed_and_frozen_model_servers_come_back_while_the_rest_serves(
             thread.join()
     text = child.log_path.read_text()
     assert f"ready again: {killed.name}" in text and f"ready again: {frozen.name}" in text
-    for process in [*hung, *orphans]:
+    for process in [*hung, server]:
         assert not process.is_running() or process.status() == "zombie", process
     for path in others:
         assert seen[path][200] > 0 and set(seen[path]) == {200}, (path, seen[path])
@@ -238,24 +236,12 @@ def test_sigterm_leaves_no_process_behind_whatever_was_killed_before(
     served: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
 ) -> None:
     _, child, mark = served
-    # BentoML restarts a killed worker, in a session of its own (unless its server stops
-    # answering long enough for fleet serve to restart the whole server first).
-    server, *workers = _server_tree(child, demo_resolved[-1].name)
-    assert workers, "the model server has no worker process"
-    workers[-1].kill()
-
-    def restarted() -> bool:
-        try:
-            return any(p.pid != workers[-1].pid for p in server.children(recursive=True))
-        except psutil.NoSuchProcess:
-            return True
-
-    _until("the worker or its server is restarted", restarted, 60, child)
-    # And a server process killed just before the stop leaves its worker orphaned.
-    orphaned, *_ = _server_tree(child, demo_resolved[-2].name)
-    orphaned.kill()
+    # A model server killed just before the stop: fleet serve is restarting it.
+    (killed,) = _server_tree(child, demo_resolved[-2].name)
+    killed.kill()
     fleet = _fleet_processes(mark)
-    assert len(fleet) >= 12  # fleet serve, ten model servers, the router, their workers
+    # fleet serve, one process per model server, the router
+    assert len(fleet) >= len(demo_resolved) + 1
     child.proc.send_signal(signal.SIGTERM)
     assert child.proc.wait(timeout=60) == 0, child.log_tail(40)
     _gone, alive = psutil.wait_procs(fleet, timeout=15)

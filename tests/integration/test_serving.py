@@ -1,4 +1,5 @@
-"""Real BentoML model servers on demo models: answers, batching, validation, probes."""
+"""Real model servers (`python -OO -m fleet.serving`) on demo models: answers, batching,
+validation, probes, one process each."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 import mlflow.pyfunc
 import pandas as pd
+import psutil
 import pytest
 
 from fleet.host.model_store import ModelStore, model_tag
@@ -167,6 +169,23 @@ def test_probes_and_metrics(match_server: str) -> None:
     metrics = httpx.get(f"{match_server}/metrics")
     assert metrics.status_code == 200
     assert "fleet_batch_size" in metrics.text
+    assert 'fleet_predict_requests_total{code="200"}' in metrics.text
+    assert f'fleet_model_info{{model="{MATCH}",path="pyfunc-unchecked"}} 1.0' in metrics.text
+
+
+def test_wrong_method_path_and_oversized_body(match_server: str) -> None:
+    assert httpx.get(f"{match_server}/predict").status_code == 405
+    assert httpx.post(f"{match_server}/nowhere", json={}).status_code == 404
+    big = b'{"records": [' + b" " * (16 * 2**20) + b"]}"
+    resp = httpx.post(f"{match_server}/predict", content=big, timeout=30)
+    assert resp.status_code == 413
+    assert "16777216 bytes" in resp.json()["error"]
+
+
+def test_one_process_per_server(servers_by_model: dict[str, str], servers: Servers) -> None:
+    # No supervisor watching a worker: the server is the process the host started.
+    for child in servers.supervisor.children:
+        assert psutil.Process(child.pid).children(recursive=True) == []
 
 
 def test_typed_inputs_without_batching_match_the_pyfunc_model(

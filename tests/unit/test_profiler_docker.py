@@ -9,18 +9,12 @@ from fleet.host.images import UID
 from profiler.docker import bridge_command, oom_kills, out_of_memory, sandbox_args
 from profiler.memory import CgroupMemory
 
-CMD = ["/usr/bin/python3", "-m", "bentoml", "serve", "/opt/fleet/bento"]
+CMD = ["/usr/bin/python3", "-OO", "-m", "fleet.serving"]
 
 
 def test_host_and_port_of_the_image_command_are_rewritten():
-    cmd = [*CMD, "--host", "127.0.0.1", "--port", "8080", "--working-dir", "/x"]
-    assert bridge_command(cmd, 3000) == [
-        *CMD,
-        "--host=0.0.0.0",
-        "--port=3000",
-        "--working-dir",
-        "/x",
-    ]
+    cmd = [*CMD, "--host", "127.0.0.1", "--port", "8080", "--log-dir", "/x"]
+    assert bridge_command(cmd, 3000) == [*CMD, "--host=0.0.0.0", "--port=3000", "--log-dir", "/x"]
 
 
 def test_equals_form_and_port_only():
@@ -28,7 +22,7 @@ def test_equals_form_and_port_only():
 
 
 def test_a_command_without_host_or_port_is_kept():
-    # empty means: run the image's own command, which reads BENTOML_PORT / PORT
+    # empty means: run the image's own command, which reads PORT (or BENTOML_PORT)
     assert bridge_command(CMD, 3000) == []
     assert bridge_command([], 3000) == []
 
