@@ -17,7 +17,9 @@ each concurrency, measured by the lean load loop of benchmarks/router.py (one ke
 connection per client). The table shows medians over rounds of requests/s, p50, p99 and
 the server's CPU time per request (its whole process tree), the ratios to
 `mlflow models serve` are medians of the per-round ones; then PSS of each server's
-process tree, idle (after a warm-up) and after the load, with its process count.
+process tree, idle (after a warm-up) and after the load, with its process count, and the
+tree's RSS: PSS splits the pages of libraries the servers share among them, so alone a
+server holds between its PSS and its RSS.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Target:
     runs: dict[int, list[dict[str, float]]] = field(default_factory=dict)
     pss_idle: float = 0.0
     pss_after: float = 0.0
+    rss_idle: float = 0.0
     processes: int = 0
 
 
@@ -139,7 +142,9 @@ def measure(targets: dict[str, Target], args: argparse.Namespace) -> None:
     time.sleep(1)
     for t in targets.values():
         t.pss_idle = pss_mib(t.pid)
-        t.processes = len(process_tree(t.pid))
+        tree = process_tree(t.pid)
+        t.processes = len(tree)
+        t.rss_idle = sum(p.memory_info().rss for p in tree) / 2**20
     names = list(targets)
     for c in args.concurrency:
         for i in range(args.rounds):
