@@ -186,9 +186,16 @@ def table(targets: dict[str, Target], model: str, before: str) -> str:
                 f"{p50:.2f} ms | {p99:.2f} ms | {p99 / p50:.1f} | "
                 f"{med(r['cpu_ms'] for r in runs):.3f} ms | {sum(r['errors'] for r in runs)} |"
             )
-    lines += ["", "| server | processes | PSS idle | PSS after the load |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| server | processes | PSS idle | PSS after the load | RSS idle |",
+        "|---|---|---|---|---|",
+    ]
     for name, t in targets.items():
-        lines.append(f"| {name} | {t.processes} | {t.pss_idle:.0f} MiB | {t.pss_after:.0f} MiB |")
+        lines.append(
+            f"| {name} | {t.processes} | {t.pss_idle:.0f} MiB | {t.pss_after:.0f} MiB | "
+            f"{t.rss_idle:.0f} MiB |"
+        )
     return "\n".join(lines)
 
 
@@ -211,7 +218,8 @@ def main() -> None:
         children = supervisor(stack)
         tree = Path(tempfile.mkdtemp(prefix="serving-before-"))
         git = ["git", "-C", str(ROOT), "worktree"]
-        subprocess.run([*git, "add", "--detach", "-f", str(tree), args.before], check=True)
+        add = [*git, "add", "--detach", "-f", str(tree), args.before]
+        subprocess.run(add, check=True, stdout=subprocess.DEVNULL)
         stack.callback(subprocess.run, [*git, "remove", "--force", str(tree)], check=False)
         targets = {
             NOW: start_now(children, resolved, store),

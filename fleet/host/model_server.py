@@ -3,8 +3,8 @@
 The server is `python -m fleet.serving` from the current virtualenv, one process;
 everything model-specific reaches it through environment variables
 (`fleet.serving.config.ServerConfig`, and `FLEET_MODEL_DIR` for the model's folder in
-the store). Used by `fleet serve` and the profiler's
-process backend; the model image runs the same service from its bento.
+the store). Used by `fleet serve` and the profiler's process backend; the model image
+runs the same command on its bento's copy of the code.
 """
 
 from __future__ import annotations
