@@ -9,13 +9,16 @@ runs the same command on its bento's copy of the code.
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.host.model_store import ModelStore, model_tag
 from fleet.resolved import ResolvedModel
 from fleet.serving.config import (
     ENV_MODEL_DIR,
+    ENV_PACK,
     MLFLOW_FOLDER,
     PYTHON_FLAGS,
     THREAD_ENV,
@@ -71,6 +74,28 @@ def server_command(
     env[ENV_MODEL_DIR] = str(store.model_dir(config.model_tag) / MLFLOW_FOLDER)
     env["PYTHONPATH"] = str(SOURCE_ROOT)
     return serve_argv(host, port), env
+
+
+def pack_command(
+    models: Sequence[tuple[ResolvedModel, str]],
+    port: int,
+    store: ModelStore,
+    *,
+    host: str = "127.0.0.1",
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of one pack server: every model of `models` (each with its
+    tag in `store`) in one process, under `pack_path(name)`."""
+    entries = []
+    for resolved, tag in models:
+        model_dir = store.model_dir(tag) / MLFLOW_FOLDER
+        entries.append({**server_config(resolved, tag).to_env(), ENV_MODEL_DIR: str(model_dir)})
+    env = {**server_env(store), ENV_PACK: json.dumps(entries), "PYTHONPATH": str(SOURCE_ROOT)}
+    return serve_argv(host, port), env
+
+
+def pack_path(name: str) -> str:
+    """Where a pack server serves model `name` (`<path>/predict`, `<path>/readyz`)."""
+    return f"/models/{name}"
 
 
 def serve_argv(host: str, port: int) -> list[str]:

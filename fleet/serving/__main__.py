@@ -2,9 +2,11 @@
 
 The model image's command, and how `fleet serve` and the profiler run a model locally
 (`fleet.host.model_server`). Which model and how to batch come from the environment
-(`fleet.serving.config`); the MLflow model folder from `FLEET_MODEL_DIR`. The model is
-loaded before the port opens, so a server that listens is ready; one that cannot load
-its model exits non-zero, naming why, and Kubernetes restarts its container.
+(`fleet.serving.config`); the MLflow model folder from `FLEET_MODEL_DIR`. With
+`FLEET_PACK` it serves several models, each under `/models/<name>/` (a pack server).
+Models are loaded before the port opens, so a server that listens is ready; one that
+cannot load a model exits non-zero, naming it and why, and Kubernetes restarts its
+container.
 
 pandas imports pyarrow when it is installed, which costs a model server about 35 MiB it
 does not use for a signature's numbers, booleans and strings: the server hides it, unless
@@ -32,9 +34,14 @@ if os.environ.get("FLEET_PYARROW") != "1":
 
 import uvicorn  # noqa: E402 - after hiding pyarrow
 
-from fleet.serving.app import ModelApp  # noqa: E402
-from fleet.serving.config import ENV_MODEL_DIR, ConfigError, ServerConfig  # noqa: E402
-from fleet.serving.model import ModelLoadError, load_predictor  # noqa: E402
+from fleet.serving.app import ModelApp, PackApp  # noqa: E402
+from fleet.serving.config import (  # noqa: E402
+    ENV_MODEL_DIR,
+    ConfigError,
+    ServerConfig,
+    pack_from_env,
+)
+from fleet.serving.model import load_predictor  # noqa: E402
 
 log = logging.getLogger("fleet.serving")
 KEEP_ALIVE_S = 75
@@ -49,23 +56,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        config = ServerConfig.from_env()
-        model_dir = os.environ.get(ENV_MODEL_DIR)
-        if not model_dir:
-            raise ConfigError(f"{ENV_MODEL_DIR} is not set; the model server needs it")
-        started = time.perf_counter()
-        predictor = load_predictor(Path(model_dir), config.inputs)
-    except (ConfigError, ModelLoadError) as exc:
+        pack = pack_from_env()
+        if pack is None:
+            model_dir = os.environ.get(ENV_MODEL_DIR)
+            if not model_dir:
+                raise ConfigError(f"{ENV_MODEL_DIR} is not set; the model server needs it")
+            pack = [(ServerConfig.from_env(), model_dir)]
+    except ConfigError as exc:
         log.error("cannot serve: %s", exc)
         return 2
-    log.info(
-        "model '%s' loaded in %.1f s from %s; predictor path: %s",
-        config.model_name,
-        time.perf_counter() - started,
-        model_dir,
-        predictor.kind,
-    )
-    app = ModelApp(config, predictor)
+    apps: dict[str, ModelApp] = {}
+    for config, model_dir in pack:
+        started = time.perf_counter()
+        try:
+            predictor = load_predictor(Path(model_dir), config.inputs)
+        except Exception as exc:  # any model that cannot load stops the whole server
+            log.exception("cannot serve model '%s' from %s: %s", config.model_name, model_dir, exc)
+            return 2
+        log.info(
+            "model '%s' loaded in %.1f s from %s; predictor path: %s",
+            config.model_name,
+            time.perf_counter() - started,
+            model_dir,
+            predictor.kind,
+        )
+        apps[config.model_name] = ModelApp(config, predictor)
+    app: ModelApp | PackApp = apps[pack[0][0].model_name] if len(apps) == 1 else PackApp(apps)
     _settle()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -5,8 +5,12 @@ prediction per record, in order. The body is parsed and validated against the mo
 signature in one pass (pydantic-core, from the bytes), so a bad record gets a 400 whose
 `detail` names it (`loc: ["records", i, field]`). `GET /livez` and `GET /readyz` answer 200
 (the model is loaded before the server listens), `GET /metrics` is Prometheus text with
-`fleet_batch_size` (records per model call), `fleet_predict_requests_total{code}` and
-`fleet_model_info{path}` (which predictor path serves the model, `fleet.serving.model`).
+`fleet_batch_size{model}` (records per model call), `fleet_predict_requests_total{model,
+code}` and `fleet_model_info{model, path}` (which predictor path serves the model,
+`fleet.serving.model`).
+
+A pack server (`PackApp`) serves several models in one process, each under
+`/models/<name>/`, each with its own `ModelApp`.
 
 No web framework: per request the app does only what the contract needs, which on a
 small model is most of the server's cost (docs/benchmarks.md, "Model server").
@@ -40,9 +44,12 @@ _JSON = [(b"content-type", b"application/json")]
 BATCH_SIZE = Histogram(
     "fleet_batch_size",
     "Records per model call",
+    ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
-REQUESTS = Counter("fleet_predict_requests", "POST /predict answers by status code", ["code"])
+REQUESTS = Counter(
+    "fleet_predict_requests", "POST /predict answers by model and status code", ["model", "code"]
+)
 MODEL_INFO = Gauge(
     "fleet_model_info", "The served model and the predictor path it takes", ["model", "path"]
 )
@@ -68,18 +75,19 @@ class ModelApp:
         self.config = config
         self.predict = predict
         self.body = body_model(config)
-        self.names = [c.name for c in config.inputs]
+        self._batch_size = BATCH_SIZE.labels(config.model_name)
         self.batcher = (
             MicroBatcher(
                 predict,
                 max_batch_size=config.max_batch_size,
                 max_latency_ms=config.max_latency_ms,
-                on_batch=BATCH_SIZE.observe,
+                on_batch=self._batch_size.observe,
             )
             if config.batching
             else None
         )
-        self._codes = {code: REQUESTS.labels(str(code)) for code in (200, 400, 413, 500)}
+        name = config.model_name
+        self._codes = {code: REQUESTS.labels(name, str(code)) for code in (200, 400, 413, 500)}
         MODEL_INFO.labels(config.model_name, path or getattr(predict, "kind", "")).set(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,14 +106,8 @@ class ModelApp:
                 return  # the client went away; nothing to answer
             self._codes[status].inc()
             await _answer(send, status, body)
-        elif path in ("/livez", "/readyz"):
-            await _answer(send, 200, b'{"status": "ok"}')
-        elif path == "/metrics":
-            headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": generate_latest()})
         else:
-            await _answer(send, 404, b'{"error": "not found"}')
+            await _ops(path, send)
 
     async def _predict(self, receive: Receive) -> tuple[int, bytes]:
         raw = await _read_body(receive, self.config.max_body_bytes)
@@ -123,7 +125,7 @@ class ModelApp:
                 out = await self.batcher.submit(records)
             else:
                 out = self.predict(records)
-                BATCH_SIZE.observe(len(records))
+                self._batch_size.observe(len(records))
         except Exception:
             log.exception("model '%s': prediction failed", self.config.model_name)
             return 500, b'{"error": "the model failed on these records"}'
@@ -132,6 +134,48 @@ class ModelApp:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+
+
+class PackApp:
+    """Several models in one server (a pack): `/models/<name>/predict`, and that model's
+    `/livez` and `/readyz` (which the router's health checks call), go to the model's own
+    app, with its own validation, batcher and metrics labels; `/livez`, `/readyz` and
+    `/metrics` at the top are the server's."""
+
+    def __init__(self, apps: dict[str, ModelApp]) -> None:
+        self.apps = apps
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        path = scope["path"]
+        if not path.startswith("/models/"):
+            await _ops(path, send)
+            return
+        name, _, rest = path[len("/models/") :].partition("/")
+        app = self.apps.get(name)
+        if app is None:
+            await _answer(send, 404, json.dumps({"error": f"no model '{name}' here"}).encode())
+            return
+        await app({**scope, "path": "/" + rest}, receive, send)
+
+    def close(self) -> None:
+        for app in self.apps.values():
+            app.close()
+
+
+async def _ops(path: str, send: Send) -> None:
+    """The server's own paths: probes and metrics; 404 for the rest."""
+    if path in ("/livez", "/readyz"):
+        await _answer(send, 200, b'{"status": "ok"}')
+    elif path == "/metrics":
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": generate_latest()})
+    else:
+        await _answer(send, 404, b'{"error": "not found"}')
 
 
 class _Gone(Exception):

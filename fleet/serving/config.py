@@ -25,6 +25,9 @@ ENV_MAX_BODY_BYTES = "FLEET_MAX_BODY_BYTES"
 MLFLOW_FOLDER = "mlflow_model"
 """Where `bentoml.mlflow.import_model` puts the MLflow model in a BentoML model's folder."""
 ENV_MODEL_DIR = "FLEET_MODEL_DIR"
+ENV_PACK = "FLEET_PACK"
+"""A pack server's models: a JSON list with one object per model holding that model's
+variables (`ServerConfig.to_env` and `FLEET_MODEL_DIR`); unset for a one-model server."""
 """Where the MLflow model folder is: set by the image and by `fleet.host.model_server`,
 outside `ServerConfig`, as it is a path of the machine the server runs on."""
 
@@ -100,6 +103,34 @@ class ServerConfig:
             max_records=_positive(env, ENV_MAX_RECORDS, 1000),
             max_body_bytes=_positive(env, ENV_MAX_BODY_BYTES, 16 * 2**20),
         )
+
+
+def pack_from_env(env: Mapping[str, str] | None = None) -> list[tuple[ServerConfig, str]] | None:
+    """The models of a pack server (config and model folder each), or None when
+    `FLEET_PACK` is unset; raises ConfigError naming the bad entry."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_PACK)
+    if not raw:
+        return None
+    try:
+        entries = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PACK}: not JSON: {exc}") from exc
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{ENV_PACK}: expected a non-empty JSON list of models")
+    out: list[tuple[ServerConfig, str]] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{ENV_PACK}[{i}]: expected an object of variables")
+        try:
+            config = ServerConfig.from_env({str(k): str(v) for k, v in entry.items()})
+            out.append((config, _required(entry, ENV_MODEL_DIR)))
+        except ConfigError as exc:
+            raise ConfigError(f"{ENV_PACK}[{i}]: {exc}") from exc
+    names = [c.model_name for c, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{ENV_PACK}: a model is listed twice: {sorted(names)}")
+    return out
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

@@ -12,6 +12,7 @@ import mlflow.pyfunc
 import pandas as pd
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.host.model_store import ModelStore, model_tag
 from fleet.host.registry import Registry
@@ -84,13 +85,14 @@ async def post_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> 
 
 def metric_batches(url: str) -> tuple[float, float]:
     """(model calls, model calls with one record) from the fleet_batch_size histogram."""
-    text = httpx.get(f"{url}/metrics").text
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("fleet_batch_size")
-    }
-    return values["fleet_batch_size_count"], values['fleet_batch_size_bucket{le="1.0"}']
+    calls = singles = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "fleet_batch_size_count":
+                calls += sample.value
+            elif sample.name == "fleet_batch_size_bucket" and sample.labels["le"] == "1.0":
+                singles += sample.value
+    return calls, singles
 
 
 def test_64_concurrent_clients_get_the_pyfunc_answers_in_batches(
@@ -169,7 +171,7 @@ def test_probes_and_metrics(match_server: str) -> None:
     metrics = httpx.get(f"{match_server}/metrics")
     assert metrics.status_code == 200
     assert "fleet_batch_size" in metrics.text
-    assert 'fleet_predict_requests_total{code="200"}' in metrics.text
+    assert f'fleet_predict_requests_total{{code="200",model="{MATCH}"}}' in metrics.text
     assert f'fleet_model_info{{model="{MATCH}",path="pyfunc-unchecked"}} 1.0' in metrics.text
 
 
