@@ -71,7 +71,7 @@ def body_model(config: ServerConfig) -> type[BaseModel]:
 class ModelApp:
     """The ASGI app of one loaded model (`predict`: records in, predictions out)."""
 
-    def __init__(self, config: ServerConfig, predict: Predict, path: str = "") -> None:
+    def __init__(self, config: ServerConfig, predict: Predict) -> None:
         self.config = config
         self.predict = predict
         self.body = body_model(config)
@@ -88,7 +88,7 @@ class ModelApp:
         )
         name = config.model_name
         self._codes = {code: REQUESTS.labels(name, str(code)) for code in (200, 400, 413, 500)}
-        MODEL_INFO.labels(config.model_name, path or getattr(predict, "kind", "")).set(1)
+        MODEL_INFO.labels(name, getattr(predict, "kind", "custom")).set(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
