@@ -9,15 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.pod import (
-    ANNOTATION,
-    PodParams,
-    Text,
-    deployment_spec,
-    labels,
-    pod_spec,
-    selector,
-)
+from components.pod import ANNOTATION, PodParams, Text, deployment_spec, labels, pod_spec, selector
 from fleet.host.images import PORT
 from fleet.spec import Settings
 
