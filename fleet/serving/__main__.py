@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         pack = pack_from_env()
+        packed = pack is not None  # even of one model: its paths are under /models/<name>/
         if pack is None:
             model_dir = os.environ.get(ENV_MODEL_DIR)
             if not model_dir:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor.kind,
         )
         apps[config.model_name] = ModelApp(config, predictor)
-    app: ModelApp | PackApp = apps[pack[0][0].model_name] if len(apps) == 1 else PackApp(apps)
+    app: ModelApp | PackApp = PackApp(apps) if packed else apps[pack[0][0].model_name]
     _settle()
     server = uvicorn.Server(
         uvicorn.Config(

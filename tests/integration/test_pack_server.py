@@ -126,3 +126,16 @@ def test_a_model_that_cannot_load_stops_the_pack_naming_it(
     assert served.child.proc.wait(timeout=120) == 2
     log = served.child.log_tail(40)
     assert f"cannot serve model '{small[1].name}' from /nonexistent/mlflow_model" in log
+
+
+def test_a_pack_of_one_model_serves_it_under_its_path(
+    servers: Servers, small: list[ResolvedModel], model_store: ModelStore, demo_registry: Registry
+) -> None:
+    served = pack_server(servers, small[:1], model_store, demo_registry).launch()
+    wait_for([served], timeout_s=120)
+    record = random_records(small[0].inputs, 1, seed=4)[0]
+    body = {"records": [record]}
+    path = pack_path(small[0].name)
+    assert httpx.post(f"{served.url}{path}/predict", json=body).status_code == 200
+    assert httpx.post(f"{served.url}/predict", json=body).status_code == 404
+    served.stop()
