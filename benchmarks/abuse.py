@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.router import ECHO_APP, Load, start, supervisor
+from benchmarks.router import ECHO_APP, Load, plain_router_argv, start, supervisor
 from fleet.host.processes import Supervisor, free_port
 from fleet.router.config import RouterLimits
 from fleet.router.validation import RequestProblem, RouteSchema
@@ -87,13 +87,7 @@ def start_router(children: Supervisor, echo: str, limits: dict[str, Any], bounde
         argv = [sys.executable, "-m", "fleet.router", "--config", str(tmp / "routes.json")]
         argv += ["--port", str(port), "--log-level", "error"]
     else:  # uvicorn's own protocol and connection handling, the app as ever
-        code = (
-            "import sys, uvicorn; from fleet.router.app import create_app; "
-            "from fleet.router.config import load_routes_config; "
-            "uvicorn.run(create_app(load_routes_config(sys.argv[1])), "
-            "port=int(sys.argv[2]), log_level='error')"
-        )
-        argv = [sys.executable, "-c", code, str(tmp / "routes.json"), str(port)]
+        argv = plain_router_argv(tmp / "routes.json", port)
     return start(children, f"router-{'bounded' if bounded else 'unbounded'}", argv, url)
 
 

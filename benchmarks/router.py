@@ -281,6 +281,18 @@ def start_nginx(children: Supervisor, backend_url: str) -> tuple[str, int]:
     return url + backend.raw_path.decode().rstrip("/"), nginx.pid
 
 
+def plain_router_argv(config: Path, port: int) -> list[str]:
+    """The router's app under uvicorn's own protocol and connection handling, not the
+    bounded protocol `python -m fleet.router` runs it with."""
+    code = (
+        "import sys, uvicorn; from fleet.router.app import create_app; "
+        "from fleet.router.config import load_routes_config; "
+        "uvicorn.run(create_app(load_routes_config(sys.argv[1])), "
+        "port=int(sys.argv[2]), log_level='error')"
+    )
+    return [sys.executable, "-c", code, str(config), str(port)]
+
+
 def start_router(
     children: Supervisor, resolved: ResolvedModel, backend_url: str, backend_calls: int
 ) -> tuple[str, int]:

@@ -21,7 +21,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks.router import ECHO_APP, ROOT, Load, cpu_s, start, supervisor
+from benchmarks.router import ECHO_APP, ROOT, Load, cpu_s, plain_router_argv, start, supervisor
 from fleet.host.processes import Supervisor, free_port
 
 BEFORE = "before"
@@ -47,13 +47,7 @@ def start_router(children: Supervisor, echo: str, kind: str, old_tree: Path) -> 
     elif kind == NOW:
         argv = [sys.executable, "-m", "fleet.router", *args]
     else:
-        code = (
-            "import sys, uvicorn; from fleet.router.app import create_app; "
-            "from fleet.router.config import load_routes_config; "
-            "uvicorn.run(create_app(load_routes_config(sys.argv[1])), "
-            "port=int(sys.argv[2]), log_level='error')"
-        )
-        argv = [sys.executable, "-c", code, str(tmp / "routes.json"), str(port)]
+        argv = plain_router_argv(tmp / "routes.json", port)
     url = f"http://127.0.0.1:{port}"
     return url + "/ok", start(children, kind, argv, url, timeout_s=60).pid
 
