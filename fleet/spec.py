@@ -107,6 +107,33 @@ class Settings(_Strict):
         return value
 
 
+class Packing(_Strict):
+    """Many small models per model server, placed by their measured memory
+    (`fleet.packing`). Models with `dedicated: true` keep a pod of their own."""
+
+    enabled: bool = False
+    """Pack the fleet's models into shared servers ("packs")."""
+    memory_budget_mib: Annotated[int, Field(ge=128, le=262_144)] = 2048
+    """Most memory one pack may be given: its limit under `defaults.memory` stays within
+    this; a model that would take a pack over it goes to another pack."""
+    max_models: Annotated[int, Field(ge=1, le=1000)] = 100
+    """Most models in one pack (what one pod's restart takes down at once)."""
+    replicas: Annotated[int, Field(ge=1, le=100)] = 2
+    """Pods of each pack."""
+    cpu: str = "500m"
+    """CPU request of one pack pod, in Kubernetes units."""
+    placement_file: str = "placement.yaml"
+    """Where `fleet place` writes the placement and the measurements (relative to
+    models.yaml); placing reads it so that models stay where they are."""
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        if not _CPU.match(value):
+            raise ValueError(f"'{value}' is not a Kubernetes CPU quantity such as 250m or 1")
+        return value
+
+
 class Shadow(_Strict):
     """A copy of a route's traffic sent to another model of the fleet, whose answers are
     compared with the route's and never reach the caller."""
@@ -146,6 +173,8 @@ class ModelEntry(_Strict):
     """Overrides `defaults.autoscaling`."""
     shadow: Shadow | None = None
     """Copy a share of this route's requests to another model and compare the answers."""
+    dedicated: bool = False
+    """With `packing` on: keep a server and pod of its own (a big or hot model)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -254,6 +283,8 @@ class Model(_Strict):
     k8s_name: str
     settings: Settings
     registered_model: str | None = None
+    packed: bool = False
+    """Served from a pack (`packing.enabled` and not `dedicated`)."""
 
     @property
     def mlflow_name(self) -> str:
@@ -270,6 +301,8 @@ class Fleet(_Strict):
     """The models of the fleet."""
     experiments: list[Experiment] = []
     """A/B experiments over models of the fleet."""
+    packing: Packing = Packing()
+    """Pack small models into shared servers (off unless `packing.enabled`)."""
     router: RouterLimits = RouterLimits()
     """Limits the router enforces on every route (`fleet.router.config.RouterLimits`); a
     stack's `fleet:routerLimits` and `fleet routes` flags override single fields."""
@@ -304,11 +337,17 @@ class Fleet(_Strict):
                     k8s_name=k8s_name(entry.name),
                     settings=settings,
                     registered_model=entry.registered_model,
+                    packed=self.packing.enabled and not entry.dedicated,
                 )
             )
         if problems:
             raise SpecError(problems)
         return out
+
+    def with_packing(self, enabled: bool) -> Fleet:
+        """The fleet with packing on or off (`fleet serve --dedicated` turns it off)."""
+        packing = self.packing.model_copy(update={"enabled": enabled})
+        return self.model_copy(update={"packing": packing})
 
     def with_alias(self, alias: str | None) -> Fleet:
         """The fleet with every alias-picked model on `alias` (a stack's override).

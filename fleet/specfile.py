@@ -67,6 +67,7 @@ def parse_fleet(text: str, source: str = "models.yaml") -> Fleet:
     # that one run shows every problem.
     problems += _cross_check(data, node)
     problems += _override_problems(data, node)
+    problems += _packing_problems(data, node)
     if problems or fleet is None:
         problems.sort(key=lambda p: p[0])
         raise SpecError([f"{source}: line {line}: {what}" for line, what in problems])
@@ -240,6 +241,54 @@ def _override_problems(data: dict[str, Any], node: Any) -> list[tuple[int, str]]
                     at = _line(node, ("models", i, *e["loc"]))
                     problems.append((at, f"model '{entry.name}': {describe_error(e)}"))
     return problems
+
+
+# Settings of a pod of its own: a packed model shares its pack's pods (`packing`).
+_POD_SETTINGS = (("replicas",), ("cpu",), ("autoscaling",), ("memory", "fixed_mib"))
+
+
+def _packing_problems(data: dict[str, Any], node: Any) -> list[tuple[int, str]]:
+    """With packing on, a packed model may not set what only a pod of its own has."""
+    packing = data.get("packing")
+    if not isinstance(packing, dict) or packing.get("enabled") is not True:
+        return []
+    problems: list[tuple[int, str]] = []
+    defaults = data.get("defaults")
+    if _reaches(defaults, ("memory", "fixed_mib")):
+        at = _line(node, ("defaults", "memory", "fixed_mib"))
+        problems.append(
+            (
+                at,
+                "defaults: memory.fixed_mib: packed models are placed by their measured "
+                "memory; set fixed_mib on dedicated models only",
+            )
+        )
+    for i, entry in _valid(data, "models", ModelEntry):
+        if entry.dedicated:
+            continue
+        over = entry.overrides()
+        for loc in _POD_SETTINGS:
+            if _reaches(over, loc) and _value(over, loc) is not None:
+                at = _line(node, ("models", i, *loc))
+                why = (
+                    "a packed model is placed by its measured memory"
+                    if loc == ("memory", "fixed_mib")
+                    else "a packed model shares its pack's pods (packing.replicas, packing.cpu)"
+                )
+                problems.append(
+                    (
+                        at,
+                        f"model '{entry.name}': {'.'.join(loc)}: {why}; set 'dedicated: true' "
+                        "to give it pods of its own",
+                    )
+                )
+    return problems
+
+
+def _value(data: Any, loc: tuple[Any, ...]) -> Any:
+    for key in loc:
+        data = data[key]
+    return data
 
 
 def _reaches(data: Any, loc: tuple[Any, ...]) -> bool:
