@@ -51,7 +51,9 @@ DEFAULT_REGISTRY = "localhost:5000/fleet"
 PORT = 3000
 UID = 10001
 DEPS_DIR = "/opt/fleet/deps"
-BENTO_DIR = "/opt/fleet/bento"
+MODELS_DIR = "/opt/fleet/models"
+"""Each model image's own layer holds its bento at `MODELS_DIR/<k8s-name>`: layers of
+different models never overlap, so a pack image stacks them (`build_pack_image`)."""
 APP_DIR = "/opt/fleet/app"
 ROUTER_REPO = "fleet-router"
 BUILD_ROOT = LOCAL_HOME / "build"
@@ -123,22 +125,38 @@ def image_ref(resolved: ResolvedModel, settings: BuildSettings) -> str:
     return f"{settings.registry}/{resolved.model.k8s_name}:{content_hash(resolved, settings)}"
 
 
-def image_env(resolved: ResolvedModel) -> dict[str, str]:
-    """The environment baked into the model image: which model, its signature, batching,
-    and where the model is in the bento."""
+def bento_dir(resolved: ResolvedModel) -> str:
+    """Where the model image's layer puts the model's bento."""
+    return f"{MODELS_DIR}/{resolved.model.k8s_name}"
+
+
+def model_env(resolved: ResolvedModel) -> dict[str, str]:
+    """What the server needs to serve `resolved` from its bento in the image: its
+    settings and signature, and its model's folder (one entry of a pack's `FLEET_PACK`)."""
     config = server_config(resolved)
     name, version = config.model_tag.split(":")
+    model_dir = f"{bento_dir(resolved)}/models/{name}/{version}/{MLFLOW_FOLDER}"
+    return {**config.to_env(), ENV_MODEL_DIR: model_dir}
+
+
+def runtime_env(code_from: ResolvedModel) -> dict[str, str]:
+    """The environment of every model-server image besides its models': the packages
+    layer and the `fleet` code of `code_from`'s bento on the path."""
     return {
-        **config.to_env(),
-        ENV_MODEL_DIR: f"{BENTO_DIR}/models/{name}/{version}/{MLFLOW_FOLDER}",
         **THREAD_ENV,
         "BENTOML_HOME": "/tmp/bentoml",
         "BENTOML_DO_NOT_TRACK": "true",
         "MLFLOW_ENABLE_LOGGED_MODEL_ENV_VALIDATION": "false",
-        "PYTHONPATH": f"{DEPS_DIR}:{BENTO_DIR}/src",
+        "PYTHONPATH": f"{DEPS_DIR}:{bento_dir(code_from)}/src",
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",
     }
+
+
+def image_env(resolved: ResolvedModel) -> dict[str, str]:
+    """The environment baked into the model image: which model, its signature, batching,
+    and where the model is in the bento."""
+    return {**model_env(resolved), **runtime_env(resolved)}
 
 
 def image_config(resolved: ResolvedModel, base_env: list[str]) -> dict[str, Any]:
@@ -312,9 +330,11 @@ def bento_layer(
         files[CA_PATH] = _base_file(settings.base_image, "/" + CA_PATH) + (
             b"\n" + settings.ca_bundle.read_bytes()
         )
-    return image_layers.write_layer(
-        work / "layer.tar", {BENTO_DIR.lstrip("/"): work / "bento"}, files
+    layer = image_layers.write_layer(
+        work / "layer.tar", {bento_dir(resolved).lstrip("/"): work / "bento"}, files
     )
+    keep_layer(layer)
+    return layer
 
 
 def _copy_model(store: ModelStore, tag: str, models_dir: Path) -> None:
@@ -322,6 +342,23 @@ def _copy_model(store: ModelStore, tag: str, models_dir: Path) -> None:
     name, version = tag.split(":")
     shutil.copytree(store.model_dir(tag), models_dir / name / version)
     (models_dir / name / "latest").write_text(version)
+
+
+def kept_layer_path(diff_id: str) -> Path:
+    """Where this host keeps the tar of a model image's own layer (`keep_layer`)."""
+    return BUILD_ROOT.resolve() / "layers" / "kept" / f"{diff_id.split(':')[1]}.tar"
+
+
+def keep_layer(layer: image_layers.Layer) -> None:
+    """Keep a model layer's tar, by diff id: a pack image made on this host stacks it
+    without reading it back out of the engine (`fleet.host.pack_images`)."""
+    dest = kept_layer_path(layer.diff_id)
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+    shutil.copyfile(layer.path, tmp)
+    tmp.replace(dest)
 
 
 _CREATION_TIME = re.compile(r"^(\s*creation_time: ).*$", re.MULTILINE)
