@@ -1,11 +1,12 @@
 """Keeping started children serving: health checks, restarts with backoff.
 
-`fleet serve` starts one model server per model and leaves them running for hours. A
-server that exits (killed, crashed, out of memory) or stops answering `GET /readyz` (hung,
-stopped) is noticed within `fails * interval` seconds, said so, stopped whole (what is
-left of it holds its port) and started again the same way, on the same port, so that the
-router's routes config stays valid. Consecutive restarts wait longer each time (1 s, 2 s,
-4 s ... `max_backoff_s`); a server that stays ready for `stable_s` starts over at 1 s.
+`fleet serve` starts model servers (one per model, or one per pack of models) and leaves
+them running for hours. A server that exits (killed, crashed, out of memory) or stops
+answering `GET /readyz` (hung, stopped) is noticed within `fails * interval` seconds, said
+so (with what goes down with it, `about`), stopped whole (what is left of it holds its
+port) and started again the same way, on the same port, so that the router's routes
+config stays valid. Consecutive restarts wait longer each time (1 s, 2 s, 4 s ...
+`max_backoff_s`); a server that stays ready for `stable_s` starts over at 1 s.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ class Keeper:
         start_timeout_s: float = 300.0,
         max_backoff_s: float = 30.0,
         stable_s: float = 60.0,
+        about: Callable[[Child], str] = lambda _: "",
     ) -> None:
+        """`about(child)`, when not empty, ends its DOWN and ready-again lines (what else
+        goes down with it: a pack server's models)."""
         self.supervisor = supervisor
         self.say = say
         self.path = path
@@ -56,6 +60,7 @@ class Keeper:
         self.start_timeout_s = start_timeout_s
         self.max_backoff_s = max_backoff_s
         self.stable_s = stable_s
+        self.about = about
         now = time.monotonic()
         self.kept = [_Kept(child, since=now) for child in children]
         self._client = httpx.Client(timeout=interval_s)
@@ -115,15 +120,19 @@ class Keeper:
         elif problem is None:
             kept.state, kept.since, kept.fails = "up", now, 0
             child.ready = True
-            self.say(f"  ready again: {child.name} ({child.url})")
+            self.say(f"  ready again: {child.name} ({child.url}){self._about(child)}")
         elif child.exited() is not None or now - kept.since > self.start_timeout_s:
             self._down(kept, problem, now)
 
     def _down(self, kept: _Kept, problem: str, now: float) -> None:
         child = kept.child
         delay = min(self.max_backoff_s, 2.0**kept.restarts)
-        self.say(f"  DOWN: {child.name} ({problem}); restarting in {delay:g} s")
+        self.say(f"  DOWN: {child.name} ({problem}); restarting in {delay:g} s{self._about(child)}")
         child.ready, child.error = False, problem
         # What is left of it (a hung server, orphaned workers) holds the port: stop it now.
         child.stop(grace_s=3.0)
         kept.state, kept.due, kept.fails = "waiting", now + delay, 0
+
+    def _about(self, child: Child) -> str:
+        about = self.about(child)
+        return f"; {about}" if about else ""

@@ -1,8 +1,11 @@
-"""End to end: `fleet serve` as a user runs it, every route called, model servers killed
-and frozen under load and healed, stopped with SIGTERM leaving no process behind."""
+"""End to end: `fleet serve` as a user runs it, packed (the demo fleet's default: one pack
+server and the dedicated big model) and with `--dedicated` (one server per model): every
+route called, the same answers both ways, servers killed and frozen under load and healed,
+stopped with SIGTERM leaving no process behind."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -13,19 +16,25 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from fleet.commands.serve import ServerPlan, plan
+from fleet.host.demo_registry import BIG_MODEL
 from fleet.host.environment import child_env
 from fleet.host.model_store import ModelStore
 from fleet.host.processes import Child, free_port
+from fleet.host.registry import Registry
+from fleet.packing import PackSize, Placement, PlacementFile, write_placement
 from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
 from fleet.spec import Fleet
 from tests.conftest import ROOT
+from tests.integration.test_predictions import assert_same
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +43,11 @@ RUN_MARK = "FLEET_TEST_SERVE_RUN"
 them all, whatever their parent, process group or session."""
 
 
-@pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, demo_home: Path, model_store: ModelStore
+@contextmanager
+def _serve(
+    tmp_path_factory: pytest.TempPathFactory, demo_home: Path, store: ModelStore, *flags: str
 ) -> Iterator[tuple[str, Child, str]]:
-    """`fleet serve` in a fresh working folder whose default registry holds the demo.
+    """`fleet serve *flags` in a fresh working folder whose default registry holds the demo.
 
     Its environment has no MLFLOW_* variables (the default local registry is used) and
     the session's BentoML store (models imported once). Yields the router's URL, the
@@ -50,14 +59,14 @@ def served(
     shutil.copy(demo_home / "mlflow.db", work / ".fleet" / "mlflow.db")
     shutil.copy(ROOT / "models.yaml", work / "models.yaml")
     port = free_port()
-    argv = [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port)]
+    argv = [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), *flags]
     log = work / "serve.log"
     with log.open("wb") as out:
         # Not `Supervisor.start`: this child runs in the working folder (its `.fleet`).
         proc = subprocess.Popen(
             [*argv, "--ready-timeout", "600"],
             cwd=work,
-            env=child_env({**model_store.env(), RUN_MARK: mark}),
+            env=child_env({**store.env(), RUN_MARK: mark}),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -69,6 +78,24 @@ def served(
         yield child.url, child, mark
     finally:
         child.stop()
+
+
+@pytest.fixture(scope="module")
+def packed(
+    tmp_path_factory: pytest.TempPathFactory, demo_home: Path, model_store: ModelStore
+) -> Iterator[tuple[str, Child, str]]:
+    """`fleet serve` as models.yaml says: the small models packed, the big one alone."""
+    with _serve(tmp_path_factory, demo_home, model_store) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def dedicated(
+    tmp_path_factory: pytest.TempPathFactory, demo_home: Path, model_store: ModelStore
+) -> Iterator[tuple[str, Child, str]]:
+    """`fleet serve --dedicated`: one model server per model."""
+    with _serve(tmp_path_factory, demo_home, model_store, "--dedicated") as served:
+        yield served
 
 
 def _wait_for_summary(child: Child, timeout_s: float = 900) -> None:
@@ -84,10 +111,43 @@ def _wait_for_summary(child: Child, timeout_s: float = 900) -> None:
     pytest.fail(f"fleet serve not ready after {timeout_s} s:\n{child.log_tail(40)}")
 
 
-def test_summary_names_router_swagger_and_one_curl_per_route(
-    served: tuple[str, Child, str], demo_fleet: Fleet
+def _servers(plans: list[ServerPlan]) -> list[tuple[str, list[str], bool]]:
+    return [(p.name, [m.name for m in p.models], p.pack) for p in plans]
+
+
+def test_only_places_the_remaining_models_from_the_placement_file_beside_models_yaml(
+    tmp_path: Path, demo_fleet: Fleet, demo_registry: Registry
 ) -> None:
-    url, child, _ = served
+    small = sorted(m.name for m in demo_fleet.models if m.name != BIG_MODEL)
+    fleet = demo_fleet.only([small[0], small[1], BIG_MODEL])  # fleet serve --only ...
+    resolved = demo_registry.resolve(fleet)
+    models_file = tmp_path / "models.yaml"
+    plans, estimated = plan(fleet, resolved, models_file)
+    assert _servers(plans) == [("pack-0", small[:2], True), (BIG_MODEL, [BIG_MODEL], False)]
+    assert estimated == small[:2]
+    # A placement file keeps a model in its pack; a new one joins it where it fits.
+    size = PackSize(100, 120, 10, 12, content_hash="sha256:" + "0" * 64)
+    placed = PlacementFile(Placement({"pack-3": (small[1],)}), {small[1]: size})
+    write_placement(tmp_path / demo_fleet.packing.placement_file, placed)
+    plans, estimated = plan(fleet, resolved, models_file)
+    assert _servers(plans) == [("pack-3", small[:2], True), (BIG_MODEL, [BIG_MODEL], False)]
+    assert estimated == [small[0]]
+
+
+def test_dedicated_is_one_server_per_model(
+    tmp_path: Path, demo_fleet: Fleet, demo_registry: Registry
+) -> None:
+    fleet = demo_fleet.with_packing(False)  # fleet serve --dedicated
+    resolved = demo_registry.resolve(fleet)
+    plans, estimated = plan(fleet, resolved, tmp_path / "models.yaml")
+    assert _servers(plans) == [(r.name, [r.name], False) for r in resolved]
+    assert estimated == []
+
+
+def test_summary_names_router_swagger_and_one_curl_per_route(
+    packed: tuple[str, Child, str], demo_fleet: Fleet
+) -> None:
+    url, child, _ = packed
     text = child.log_path.read_text()
     assert f"router: {url}" in text
     assert f"{url}/docs" in text
@@ -97,9 +157,9 @@ def test_summary_names_router_swagger_and_one_curl_per_route(
 
 
 def test_every_route_answers_with_its_model(
-    served: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
+    packed: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
 ) -> None:
-    url = served[0]
+    url = packed[0]
     with httpx.Client(base_url=url, timeout=30) as client:
         for r in demo_resolved:
             records = random_records(r.inputs, 3, seed=7)
@@ -112,11 +172,11 @@ def test_every_route_answers_with_its_model(
 
 
 def test_experiment_route_is_sticky_and_bad_input_is_refused(
-    served: tuple[str, Child, str],
+    packed: tuple[str, Child, str],
     demo_fleet: Fleet,
     demo_resolved: list[ResolvedModel],
 ) -> None:
-    url = served[0]
+    url = packed[0]
     exp = demo_fleet.experiments[0]
     inputs = next(r.inputs for r in demo_resolved if r.name == exp.variants[0].model)
     record = random_records(inputs, 1, seed=3)[0]
@@ -182,10 +242,101 @@ def _load(
                 seen[path][client.post(path, json=body).status_code] += 1
 
 
-def test_killed_and_frozen_model_servers_come_back_while_the_rest_serves(
-    served: tuple[str, Child, str], demo_fleet: Fleet, demo_resolved: list[ResolvedModel]
+def _kind(process: psutil.Process) -> str:
+    cmdline = " ".join(process.cmdline())
+    for module, kind in (
+        ("fleet.cli", "fleet serve"),
+        ("fleet.router", "router"),
+        ("fleet.serving", "model server"),
+    ):
+        if f"-m {module}" in cmdline:
+            return kind
+    return cmdline
+
+
+def test_the_demo_fleet_is_one_pack_server_one_dedicated_server_and_the_router(
+    packed: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
 ) -> None:
-    url, child, _ = served
+    url, child, mark = packed
+    small = sorted(r.name for r in demo_resolved if r.name != BIG_MODEL)
+    text = child.log_path.read_text()
+    assert f"pack-0: {len(small)} models ({', '.join(small[:3])}, ...)" in text
+    assert f"dedicated: {BIG_MODEL}" in text
+    kinds = Counter(_kind(p) for p in _fleet_processes(mark))
+    assert kinds == {"fleet serve": 1, "router": 1, "model server": 2}, kinds
+    (routes_file,) = (child.log_path.parent / ".fleet" / "serve").glob("*/routes.json")
+    backends = {r["model"]: r["backend"] for r in json.loads(routes_file.read_text())["routes"]}
+    assert len(backends) == len(demo_resolved)
+    pack_url = re.search(r"ready: pack-0 \((http://127\.0\.0\.1:\d+)\)", text)
+    assert pack_url is not None, text
+    for name in small:
+        assert backends[name] == f"{pack_url.group(1)}/models/{name}"
+    assert "/models/" not in backends[BIG_MODEL]
+    ready = httpx.get(url + "/readyz", timeout=10).json()
+    assert ready == {"status": "ready", "routes": len(demo_resolved), "down": {}}
+
+
+def test_a_killed_pack_server_takes_down_its_routes_only_and_comes_back(
+    packed: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
+) -> None:
+    url, child, _ = packed
+    in_pack = [r for r in demo_resolved if r.name != BIG_MODEL]
+    routes = {r.model.route for r in in_pack}
+    bodies = {r.model.route: random_records(r.inputs, 2, seed=5) for r in demo_resolved}
+    seen: dict[str, Counter[int]] = {path: Counter() for path in bodies}
+    big = {p: b for p, b in bodies.items() if p not in routes}
+    stop = threading.Event()
+    loads = [
+        threading.Thread(target=_load, args=(url, big, seen, stop)),
+        threading.Thread(target=_load, args=(url, {p: bodies[p] for p in routes}, seen, stop)),
+    ]
+    for thread in loads:
+        thread.start()
+    try:
+        time.sleep(1)
+        (server,) = _server_tree(child, "pack-0")
+        server.kill()
+
+        def down() -> dict[str, str]:
+            return dict(httpx.get(url + "/readyz", timeout=10).json()["down"])
+
+        _until("/readyz names every route of the pack", lambda: routes <= set(down()), 60, child)
+        assert not set(big) & set(down())
+        _until("fleet serve reports the pack down", _logged(child, ["DOWN: pack-0 ("]), 30, child)
+        (line,) = [ln for ln in child.log_path.read_text().splitlines() if "DOWN: pack-0" in ln]
+        assert "the process exited" in line
+        assert all(r.name in line for r in in_pack), line
+        _until("the pack is back", lambda: not down(), 600, child)
+        _until("fleet serve reports it", _logged(child, ["ready again: pack-0"]), 60, child)
+    finally:
+        stop.set()
+        for thread in loads:
+            thread.join()
+    assert not server.is_running() or server.status() == "zombie"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for path in routes:
+            assert client.post(path, json=bodies[path]).status_code == 200, path
+    for path in big:
+        assert seen[path][200] > 0 and set(seen[path]) == {200}, (path, seen[path])
+
+
+def test_packed_and_dedicated_give_the_same_predictions(
+    packed: tuple[str, Child, str],
+    dedicated: tuple[str, Child, str],
+    demo_resolved: list[ResolvedModel],
+) -> None:
+    with httpx.Client(timeout=30) as client:
+        for i, r in enumerate(demo_resolved[::2]):
+            records = random_records(r.inputs, 50, seed=20 + i)
+            got = [client.post(u + r.model.route, json=records) for u in (packed[0], dedicated[0])]
+            assert [a.status_code for a in got] == [200, 200], (r.name, got[0].text, got[1].text)
+            assert_same(got[0].json()["predictions"], got[1].json()["predictions"])
+
+
+def test_killed_and_frozen_model_servers_come_back_while_the_rest_serves(
+    dedicated: tuple[str, Child, str], demo_fleet: Fleet, demo_resolved: list[ResolvedModel]
+) -> None:
+    url, child, _ = dedicated
     in_experiments = {v.model for e in demo_fleet.experiments for v in e.variants}
     killed, frozen = [r for r in demo_resolved if r.name not in in_experiments][:2]
     victims = {killed.model.route, frozen.model.route}
@@ -242,16 +393,18 @@ def test_killed_and_frozen_model_servers_come_back_while_the_rest_serves(
     assert {p: seen[p] for p in victims} and all(seen[p][200] for p in victims)
 
 
+@pytest.mark.parametrize("served", ["packed", "dedicated"])
 def test_sigterm_leaves_no_process_behind_whatever_was_killed_before(
-    served: tuple[str, Child, str], demo_resolved: list[ResolvedModel]
+    request: pytest.FixtureRequest, served: str, demo_resolved: list[ResolvedModel]
 ) -> None:
-    _, child, mark = served
-    # A model server killed just before the stop: fleet serve is restarting it.
-    (killed,) = _server_tree(child, demo_resolved[-2].name)
+    _, child, mark = request.getfixturevalue(served)
+    # A server killed just before the stop: fleet serve is restarting it.
+    victim, servers = ("pack-0", 2) if served == "packed" else (demo_resolved[-2].name, 11)
+    (killed,) = _server_tree(child, victim)
     killed.kill()
     fleet = _fleet_processes(mark)
-    # fleet serve, one process per model server, the router
-    assert len(fleet) >= len(demo_resolved) + 1
+    # fleet serve, the router, every model server (the killed one may be back already)
+    assert len(fleet) >= 1 + servers, [_kind(p) for p in fleet]
     child.proc.send_signal(signal.SIGTERM)
     assert child.proc.wait(timeout=60) == 0, child.log_tail(40)
     _gone, alive = psutil.wait_procs(fleet, timeout=15)
