@@ -17,6 +17,7 @@ from components.manifests import (
     model_pdb,
     model_service,
 )
+from components.pack import member_url
 from components.pod import Text, mib
 from components.profile import MemoryProfile, MemoryProfileArgs
 from fleet.host.images import BuildSettings
@@ -52,16 +53,19 @@ class ModelServiceArgs:
     """Requests the memory profiler sends."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object."""
+    pack: str | None = None
+    """The pack that serves the model (`fleet.packing`); None for pods of its own."""
 
 
 class ModelService(pulumi.ComponentResource):
-    """A model image, its memory profile, and its Deployment, Service, PDB and HPA."""
+    """A model image, its memory profile, and its Deployment, Service, PDB and HPA; for a
+    packed model, the image and profile only (its `Pack` serves it)."""
 
     image: ModelImage
     profile: MemoryProfile | None
-    deployment: k8s.apps.v1.Deployment
-    service: k8s.core.v1.Service
-    memory_request_mib: pulumi.Output[int]
+    deployment: k8s.apps.v1.Deployment | None
+    service: k8s.core.v1.Service | None
+    memory_request_mib: pulumi.Output[int] | None
     version: int
     url: str
 
@@ -71,6 +75,7 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("fleet:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         resolved = args.resolved
+        self.resolved = resolved
         self.image = ModelImage(
             f"{name}-image",
             ModelImageArgs(
@@ -86,8 +91,36 @@ class ModelService(pulumi.ComponentResource):
             child,
         )
         fixed = resolved.model.settings.memory.fixed_mib
+        self.version = resolved.version
         request: pulumi.Output[int]
         limit: pulumi.Output[int]
+        if args.pack is not None:
+            # Measured for its pack: what it adds there, and the server's own baseline.
+            self.profile = MemoryProfile(
+                f"{name}-profile",
+                MemoryProfileArgs(
+                    resolved=resolved,
+                    image=self.image.image,
+                    content_hash=self.image.content_hash,
+                    requests=args.profile_requests,
+                    auth=args.auth,
+                    pack=True,
+                ),
+                child,
+            )
+            self.deployment = self.service = None
+            self.memory_request_mib = None
+            self.url = member_url(args.pack, args.namespace, resolved.name)
+            self.register_outputs(
+                {
+                    "image": self.image.image,
+                    "pack": args.pack,
+                    "marginal_p95_mib": self.profile.marginal_p95_mib,
+                    "version": resolved.version,
+                    "url": self.url,
+                }
+            )
+            return
         if fixed is not None:
             # Fixed memory in models.yaml: nothing to measure.
             self.profile = None
@@ -139,7 +172,6 @@ class ModelService(pulumi.ComponentResource):
                 f"{name}-hpa", metadata=hpa["metadata"], spec=hpa["spec"], opts=child
             )
         self.memory_request_mib = request
-        self.version = resolved.version
         self.url = backend_url(resolved.model.k8s_name, args.namespace)
         self.register_outputs(
             {

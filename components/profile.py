@@ -25,10 +25,12 @@ from fleet.resolved import ResolvedModel
 from fleet.spec import MemoryPolicy
 
 # Inputs whose change needs a new measurement.
-MEASURE_KEYS = ("image", "content_hash", "requests")
+MEASURE_KEYS = ("image", "content_hash", "requests", "pack")
 # Inputs whose change only needs the recommendation re-derived from the measurement.
 POLICY_KEYS = ("memory",)
 NUMBERS = ("request_mib", "limit_mib", "idle_mib", "p95_mib", "peak_mib")
+PACK_NUMBERS = ("baseline_p95_mib", "baseline_peak_mib", "marginal_p95_mib", "marginal_peak_mib")
+"""What a packed model costs in a pack (`fleet.packing.PackSize`); 0 for a dedicated one."""
 # Credentials are in none of the key lists above: a rotated password measures nothing
 # again (and `wire.outputs_of` never copies them to the outputs).
 
@@ -48,6 +50,8 @@ class MemoryProfileArgs:
     auth: RegistryAuth | None = None
     """Registry credentials to pull the image with when the runner does not have it (a
     fresh CI runner re-profiling an image built elsewhere); None for an open registry."""
+    pack: bool = False
+    """Also measure what the model adds to a pack server (a packed model)."""
 
 
 def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
@@ -57,6 +61,7 @@ def profile_inputs(args: MemoryProfileArgs) -> dict[str, Any]:
         "content_hash": args.content_hash,
         "memory": args.resolved.model.settings.memory.model_dump(mode="json"),
         "requests": args.requests,
+        "pack": args.pack,
         "registry_server": args.auth.server if args.auth else None,
         "registry_username": args.auth.username if args.auth else None,
         "registry_password": args.auth.password if args.auth else None,
@@ -78,6 +83,7 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
     props = plain(props)
     resolved = resolved_of(props)
     plan = LoadPlan(duration_s=None, requests=int(props["requests"]))
+    packed = bool(props.get("pack"))
     report = profile(
         resolved,
         None,  # the image already holds the model; nothing is read from MLflow
@@ -86,13 +92,20 @@ def measure(props: dict[str, Any]) -> dict[str, Any]:
         content_hash=str(props["content_hash"]),
         # The local report cache spares a laptop a second run; CI relies on the state.
         cache=ProfileCache(),
+        pack=packed,
     )
     mem = report.memory
+    stats = {"idle_mib": mem.idle_mib, "p95_mib": mem.p95_mib, "peak_mib": mem.peak_mib}
+    stats.update(dict.fromkeys(PACK_NUMBERS, 0.0))
+    if packed:
+        if report.pack is None:
+            raise RuntimeError(f"model '{resolved.name}': the profile has no pack measurement")
+        stats.update({k: float(getattr(report.pack, k)) for k in PACK_NUMBERS})
     return _outputs(
         props,
         report.recommendation.request_mib,
         report.recommendation.limit_mib,
-        {"idle_mib": mem.idle_mib, "p95_mib": mem.p95_mib, "peak_mib": mem.peak_mib},
+        stats,
         report.summary(),
     )
 
@@ -107,6 +120,7 @@ def rederive(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
     olds, news = plain(olds), plain(news)
     policy = MemoryPolicy.model_validate(news["memory"])
     stats = {k: float(olds[k]) for k in ("idle_mib", "p95_mib", "peak_mib")}
+    stats.update({k: float(olds.get(k) or 0.0) for k in PACK_NUMBERS})
     rec = derive(news["model"]["name"], stats["p95_mib"], stats["peak_mib"], policy)
     return _outputs(news, rec.request_mib, rec.limit_mib, stats, olds.get("summary", ""))
 
@@ -120,6 +134,12 @@ def _outputs(
     return outs
 
 
+def _state(olds: dict[str, Any]) -> dict[str, Any]:
+    """Inputs (in state or new), plain; a state from before pack measurements has no
+    "pack" (it was measured unpacked), which is no reason to measure again."""
+    return {"pack": False, **plain(olds)}
+
+
 class MemoryProfileProvider(ResourceProvider):
     """Profiles in create/update only; diff compares the image and the policy."""
 
@@ -130,11 +150,11 @@ class MemoryProfileProvider(ResourceProvider):
         return CreateResult(id_=f"{props['model']['name']}@{props['content_hash']}", outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        moved = changed(plain(olds), plain(news), MEASURE_KEYS + POLICY_KEYS)
+        moved = changed(_state(olds), _state(news), MEASURE_KEYS + POLICY_KEYS)
         return DiffResult(changes=bool(moved), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        if changed(plain(olds), plain(news), MEASURE_KEYS) or "peak_mib" not in olds:
+        if changed(_state(olds), _state(news), MEASURE_KEYS) or "peak_mib" not in olds:
             return UpdateResult(outs=measure(news))
         return UpdateResult(outs=rederive(olds, news))
 
@@ -151,10 +171,18 @@ class MemoryProfile(pulumi.dynamic.Resource, module="fleet", name="MemoryProfile
     """Memory limit in MiB."""
     peak_mib: pulumi.Output[float]
     """Peak memory measured under load."""
+    baseline_p95_mib: pulumi.Output[float]
+    """In a pack: the server with the model's libraries (p95 under load)."""
+    baseline_peak_mib: pulumi.Output[float]
+    """In a pack: the same at its peak."""
+    marginal_p95_mib: pulumi.Output[float]
+    """In a pack: what the model adds (p95 under load)."""
+    marginal_peak_mib: pulumi.Output[float]
+    """In a pack: what the model adds at its peak."""
 
     def __init__(
         self, name: str, args: MemoryProfileArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         props = profile_inputs(args)
-        props.update({k: None for k in NUMBERS}, summary=None)
+        props.update({k: None for k in (*NUMBERS, *PACK_NUMBERS)}, summary=None)
         super().__init__(MemoryProfileProvider(), name, props, opts)

@@ -14,10 +14,20 @@ import pulumi
 
 from components.config import StackConfig, mlflow_credentials_for_reads
 from components.model_service import ModelService, ModelServiceArgs
+from components.pack import Pack, PackArgs, PackMember
 from components.platform import Platform, PlatformArgs
 from components.router import Router, RouterArgs
 from fleet.host.images import BuildSettings
 from fleet.host.registry import Registry
+from fleet.packing import (
+    Placement,
+    PlacementFile,
+    check_names,
+    place,
+    placement_path,
+    read_placement,
+    sizes_for,
+)
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from fleet.specfile import load_fleet
@@ -29,8 +39,12 @@ class FleetDeployment:
 
     platform: Platform
     services: dict[str, ModelService]
-    """By MLflow model name."""
+    """By model name."""
     router: Router
+    packs: dict[str, Pack]
+    """By pack name; empty unless `packing.enabled`."""
+    placement: Placement
+    """Which pack serves each packed model."""
 
 
 def build_settings(cfg: StackConfig) -> BuildSettings:
@@ -55,9 +69,53 @@ def load_models(cfg: StackConfig) -> tuple[Fleet, list[ResolvedModel]]:
     return fleet, registry.resolve(fleet)
 
 
-def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) -> FleetDeployment:
+def load_placement(cfg: StackConfig, fleet: Fleet) -> PlacementFile:
+    """The placement file beside `cfg.models_file` (`fleet place` writes it); empty when
+    packing is off or there is none yet."""
+    if not fleet.packing.enabled:
+        return PlacementFile()
+    return read_placement(placement_path(cfg.models_file, fleet.packing))
+
+
+def placement_of(fleet: Fleet, models: list[ResolvedModel], placed: PlacementFile) -> Placement:
+    """The packs of the packed models: the file's placement kept, new models placed by
+    the file's measurements (`fleet.packing.place`). Logs what `fleet place` would move."""
+    packed = [r for r in models if r.model.packed]
+    if not packed:
+        return Placement()
+    dedicated = [r.model.k8s_name for r in models if not r.model.packed]
+    names = [r.name for r in packed]
+    placement = place(
+        sizes_for(names, placed.sizes),
+        placed.placement,
+        fleet.packing,
+        fleet.defaults.memory,
+        dedicated,
+    )
+    check_names(placement, dedicated)
+    unmeasured = sorted(n for n in names if n not in placed.sizes)
+    if unmeasured:
+        pulumi.log.warn(
+            f"{len(unmeasured)} packed model(s) have no measurement in "
+            f"{fleet.packing.placement_file} and are placed by the largest measured size "
+            f"({', '.join(unmeasured[:5])}{', ...' if len(unmeasured) > 5 else ''}): run "
+            "`fleet place` and commit the file"
+        )
+    for model, (was, now) in placement.moved(placed.placement).items():
+        if was is not None and now is not None:
+            pulumi.log.info(f"model '{model}' moves from {was} to {now} (its pack is full)")
+    return placement
+
+
+def deploy_fleet(
+    cfg: StackConfig,
+    fleet: Fleet,
+    models: list[ResolvedModel],
+    placed: PlacementFile | None = None,
+) -> FleetDeployment:
     """Every component of the stack: the platform (namespace, pull Secret,
-    NetworkPolicies), one ModelService per model, the router."""
+    NetworkPolicies), one ModelService per model, one Pack per pack of packed models
+    (placed by `placed`, the placement file), the router."""
     platform = Platform(
         "platform",
         PlatformArgs(
@@ -73,6 +131,8 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
     # of their pods.
     after_platform = pulumi.ResourceOptions(depends_on=[platform])
     build = build_settings(cfg)
+    placement = placement_of(fleet, models, placed or PlacementFile())
+    pack_of = placement.pack_of()
     services = {
         r.name: ModelService(
             r.model.k8s_name,
@@ -89,10 +149,29 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
                 image_pull_secrets=platform.pull_secrets,
                 profile_requests=cfg.profile_requests,
                 extra_labels=cfg.extra_labels,
+                pack=pack_of.get(r.name),
             ),
             after_platform,
         )
         for r in models
+    }
+    packs = {
+        pack: Pack(
+            pack,
+            PackArgs(
+                members=[_member(services[m]) for m in members],
+                namespace=cfg.namespace,
+                packing=fleet.packing,
+                policy=fleet.defaults.memory,
+                build=build,
+                push=cfg.push,
+                auth=cfg.registry_auth,
+                image_pull_secrets=platform.pull_secrets,
+                extra_labels=cfg.extra_labels,
+            ),
+            after_platform,
+        )
+        for pack, members in placement.packs.items()
     }
     router = Router(
         "router",
@@ -112,20 +191,41 @@ def deploy_fleet(cfg: StackConfig, fleet: Fleet, models: list[ResolvedModel]) ->
             extra_labels=cfg.extra_labels,
             # Routes name model versions: they move once the models have rolled out. The
             # rest of the router (its image above all) does not wait for the models.
-            routes_after=list(services.values()),
+            routes_after=[*services.values(), *packs.values()],
+            backends={m: services[m].url for m in pack_of},
         ),
         after_platform,
     )
-    return FleetDeployment(platform=platform, services=services, router=router)
+    return FleetDeployment(platform, services, router, packs, placement)
+
+
+def _member(svc: ModelService) -> PackMember:
+    if svc.profile is None:
+        raise ValueError(f"model '{svc.resolved.name}' is packed but has no profile")
+    return PackMember(svc.resolved, svc.image.image, svc.image.planned_hash, svc.profile)
 
 
 def model_outputs(deployment: FleetDeployment) -> dict[str, Any]:
-    """Per model: version, image (by digest) and memory request, for `pulumi stack output`."""
+    """Per model: version, image (by digest), and its memory request or its pack, for
+    `pulumi stack output`."""
+    pack_of = deployment.placement.pack_of()
+    out: dict[str, Any] = {}
+    for name, svc in deployment.services.items():
+        out[name] = {"version": svc.version, "image": svc.image.image}
+        if name in pack_of:
+            out[name]["pack"] = pack_of[name]
+        else:
+            out[name]["memory_request_mib"] = svc.memory_request_mib
+    return out
+
+
+def pack_outputs(deployment: FleetDeployment) -> dict[str, Any]:
+    """Per pack: its models, image and memory request, for `pulumi stack output`."""
     return {
         name: {
-            "version": svc.version,
-            "image": svc.image.image,
-            "memory_request_mib": svc.memory_request_mib,
+            "models": list(deployment.placement.packs[name]),
+            "image": pack.image.image,
+            "memory_request_mib": pack.memory_request_mib,
         }
-        for name, svc in deployment.services.items()
+        for name, pack in deployment.packs.items()
     }

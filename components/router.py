@@ -71,7 +71,11 @@ class RouterArgs:
     """Labels added to every object."""
     routes_after: Sequence[pulumi.Resource] = ()
     """What the routes ConfigMap and the router Deployment wait for: every model's
-    ModelService, so the routes never name a version before its pods and Service exist."""
+    ModelService and every Pack, so the routes never name a version before its pods and
+    Service exist."""
+    backends: dict[str, str] = field(default_factory=dict)
+    """Model name -> its server's URL where it is not the model's own Service (a packed
+    model's, in its pack: `components.pack.member_url`)."""
 
 
 class Router(pulumi.ComponentResource):
@@ -88,7 +92,9 @@ class Router(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         ns = args.namespace
         self.config = build_routes_config(
-            args.fleet, args.models, lambda r: backend_url(r.model.k8s_name, ns)
+            args.fleet,
+            args.models,
+            lambda r: args.backends.get(r.name) or backend_url(r.model.k8s_name, ns),
         )
         image: Text
         if args.image is not None:

@@ -11,14 +11,17 @@ from pulumi.output import Unknown
 from components.config import INGRESS_NAMESPACE
 from components.manifests import MODEL_PORT
 from components.network import MODELS_EGRESS, MODELS_INGRESS, ROUTER_INGRESS
+from components.profile import PACK_NUMBERS
 from components.router_manifests import DOCS_PATHS, ROUTER_PORT
+from fleet.packing import PackSize, pack_memory
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
-from tests.graph.harness import IMAGE_TYPE, PROFILE_TYPE, Capture
+from tests.graph.harness import IMAGE_TYPE, PACK_IMAGE_TYPE, PROFILE_TYPE, Capture
 from tests.graph.k8s_schema import schema_errors
 from tests.graph.pss import pod_spec_of, violations
 
 SERVICE_TYPE = "fleet:index:ModelService"
+PACK_TYPE = "fleet:index:Pack"
 ROUTER_TYPE = "fleet:index:Router"
 POLICY_TYPE = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 POLICIES = ("platform-models-policy", "platform-models-egress-policy", "platform-router-policy")
@@ -30,6 +33,8 @@ def expected_children(r: ResolvedModel) -> dict[str, str]:
     """name -> type of the children a model's ModelService must have, no more, no less."""
     k = r.model.k8s_name
     s = r.model.settings
+    if r.model.packed:  # its pack serves it: image and profile only
+        return {f"{k}-image": IMAGE_TYPE, f"{k}-profile": PROFILE_TYPE}
     out = {
         f"{k}-image": IMAGE_TYPE,
         f"{k}-deployment": "kubernetes:apps/v1:Deployment",
@@ -52,6 +57,69 @@ def check_model_children(cap: Capture, resolved: list[ResolvedModel]) -> None:
         svc = cap.named(r.model.k8s_name)
         got = {c.name: c.typ for c in cap.children(svc)}
         assert got == expected_children(r), f"model '{r.name}': children {sorted(got)}"
+    # Every packed model is in exactly one pack; a pack has its image, Deployment,
+    # Service, and a PDB when it runs more than one pod.
+    members = packs(cap)
+    placed = sorted(m for ms in members.values() for m in ms)
+    assert placed == sorted(r.name for r in resolved if r.model.packed)
+    for pack in cap.of_type(PACK_TYPE):
+        got = {c.name: c.typ for c in cap.children(pack)}
+        want = {
+            f"{pack.name}-image": PACK_IMAGE_TYPE,
+            f"{pack.name}-deployment": "kubernetes:apps/v1:Deployment",
+            f"{pack.name}-service": "kubernetes:core/v1:Service",
+        }
+        replicas = cap.named(f"{pack.name}-deployment").k8s_object()["spec"]["replicas"]
+        if replicas > 1:
+            want[f"{pack.name}-pdb"] = "kubernetes:policy/v1:PodDisruptionBudget"
+        assert got == want, pack.name
+
+
+def packs(cap: Capture) -> dict[str, list[str]]:
+    """Pack name -> the models its image stacks (from the PackImage inputs)."""
+    return {
+        image.name.removesuffix("-image"): [m["model"]["name"] for m in image.inputs["members"]]
+        for image in cap.of_type(PACK_IMAGE_TYPE)
+    }
+
+
+def check_packs(cap: Capture, resolved: list[ResolvedModel], fleet: Fleet) -> None:
+    """Each pack runs the image its PackImage returned, stacked from its members' images
+    as their image resources returned them, with memory summed from its members'
+    profiles (the largest baseline plus every marginal) under the fleet's policy."""
+    by_name = {r.name: r for r in resolved}
+    for pack, models in packs(cap).items():
+        image = cap.named(f"{pack}-image")
+        dep_res = cap.named(f"{pack}-deployment")
+        dep = dep_res.k8s_object()
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == image.outputs["image"]
+        sizes = []
+        for m in image.inputs["members"]:
+            k = by_name[m["model"]["name"]].model.k8s_name
+            member_image = cap.named(f"{k}-image")
+            assert m["image"] == member_image.outputs["image"]
+            assert m["content_hash"] == member_image.inputs["content_hash"]
+            profile = cap.named(f"{k}-profile")
+            assert profile.inputs["pack"] is True
+            assert profile.inputs["image"] == member_image.outputs["image"]
+            # STAND-IN numbers: whatever the profiles returned is what the pack sums.
+            sizes.append(PackSize(*(float(profile.outputs[n]) for n in PACK_NUMBERS)))
+            assert profile.urn in dep_res.property_dependencies["spec"], (pack, k)
+            assert member_image.urn in image.property_dependencies["members"], (pack, k)
+        want = pack_memory(sizes, fleet.defaults.memory)
+        res = container["resources"]
+        assert res["requests"]["memory"] == f"{want.request_mib}Mi", pack
+        assert res["limits"]["memory"] == f"{want.limit_mib}Mi", pack
+        assert want.limit_mib <= fleet.packing.memory_budget_mib
+        assert len(models) <= fleet.packing.max_models
+        assert res["requests"]["cpu"] == fleet.packing.cpu
+        assert dep["spec"]["replicas"] == fleet.packing.replicas
+        notes = dep["spec"]["template"]["metadata"]["annotations"]
+        assert notes["fleet.model-fleet.io/models"] == ",".join(
+            sorted(f"{m}@{by_name[m].version}" for m in models)
+        )
+        assert notes["fleet.model-fleet.io/content-hash"] == image.inputs["content_hash"]
 
 
 def check_memory_from_profile(cap: Capture, resolved: list[ResolvedModel]) -> None:
@@ -61,7 +129,7 @@ def check_memory_from_profile(cap: Capture, resolved: list[ResolvedModel]) -> No
     The returned image and memory are the mock's stand-ins (no image was built, nothing
     measured): only that the program carries them to the right Deployment is checked.
     """
-    for r in resolved:
+    for r in (r for r in resolved if not r.model.packed):
         k = r.model.k8s_name
         image = cap.named(f"{k}-image")
         dep = cap.named(f"{k}-deployment").k8s_object()
@@ -89,7 +157,9 @@ def check_memory_from_profile(cap: Capture, resolved: list[ResolvedModel]) -> No
         # The hash the program computed at program time (the image resource's input).
         assert notes["fleet.model-fleet.io/content-hash"] == image.inputs["content_hash"]
     # The stand-ins differ between images, so the checks above would see a mix-up.
-    profiled = [r for r in resolved if r.model.settings.memory.fixed_mib is None]
+    profiled = [
+        r for r in resolved if r.model.settings.memory.fixed_mib is None and not r.model.packed
+    ]
     requests = {cap.named(f"{r.model.k8s_name}-profile").outputs["request_mib"] for r in profiled}
     assert len(profiled) < 4 or len(requests) > 1
 
@@ -116,13 +186,17 @@ def check_router_config(
     config = routes_config(cap)
     routes = {r["model"]: r for r in config["routes"]}
     assert sorted(routes) == sorted(r.name for r in resolved)
+    pack_of = {m: pack for pack, ms in packs(cap).items() for m in ms}
     for r in resolved:
         route = routes[r.name]
         assert route["path"] == r.model.route
         assert route["version"] == r.version
-        assert route["backend"] == (
-            f"http://{r.model.k8s_name}.{namespace}.svc.cluster.local:{MODEL_PORT}"
-        )
+        if r.model.packed:  # its pack's Service, under the model's own path
+            want = f"http://{pack_of[r.name]}.{namespace}.svc.cluster.local:{MODEL_PORT}"
+            want += f"/models/{r.name}"
+        else:
+            want = f"http://{r.model.k8s_name}.{namespace}.svc.cluster.local:{MODEL_PORT}"
+        assert route["backend"] == want
         assert route["inputs"] == [c.to_dict() for c in r.inputs]
         shadow = fleet.shadows().get(r.model.route)
         assert route.get("shadow") == (shadow and shadow.model_dump())
@@ -267,7 +341,8 @@ def check_dependencies(cap: Capture, resolved: list[ResolvedModel]) -> None:
     namespace = cap.named("platform-namespace")
     fences = [cap.named(name) for name in POLICIES]
     deployments = cap.of_type("kubernetes:apps/v1:Deployment")
-    assert len(deployments) == len(resolved) + 1
+    dedicated = [r for r in resolved if not r.model.packed]
+    assert len(deployments) == len(dedicated) + len(packs(cap)) + 1
     for later in deployments:
         # Every pod, model's or router's, starts fenced in (directly or through a parent).
         assert {p.urn for p in fences} <= cap.waits_for(later), later.name
@@ -279,7 +354,22 @@ def check_dependencies(cap: Capture, resolved: list[ResolvedModel]) -> None:
     assert routes.urn in router.property_dependencies["spec"]
     services = {s.urn for s in cap.of_type(SERVICE_TYPE)}
     of_models = {r.urn for r in cap.resources.values() if r.parent in services}
-    for r in resolved:
+    pack_urns = {p.urn for p in cap.of_type(PACK_TYPE)}
+    of_packs = {r.urn for r in cap.resources.values() if r.parent in pack_urns}
+    for r in (r for r in resolved if r.model.packed):
+        k = r.model.k8s_name
+        profile = cap.named(f"{k}-profile")
+        assert cap.named(f"{k}-image").urn in profile.property_dependencies["image"], r.name
+        # A packed model's image and profile wait for nothing of the packs or the router.
+        waits = cap.waits_for(profile)
+        assert not waits & (of_packs | {routes.urn, router.urn}), r.name
+    for pack in packs(cap):
+        dep, svc = cap.named(f"{pack}-deployment"), cap.named(f"{pack}-service")
+        for later in (routes, router):
+            waits = cap.waits_for(later)
+            assert dep.urn in waits and svc.urn in waits, (later.name, pack)
+        assert not cap.waits_for(dep) & {routes.urn, router.urn}, pack
+    for r in dedicated:
         k = r.model.k8s_name
         image, dep = cap.named(f"{k}-image"), cap.named(f"{k}-deployment")
         service = cap.named(f"{k}-service")
@@ -336,7 +426,12 @@ def check_preview_graph(preview: Capture, up: Capture, resolved: list[ResolvedMo
         assert p.property_dependencies == u.property_dependencies, p.name
         assert matches(p.inputs, u.inputs), p.name
     container = ".spec.template.spec.containers[0]"
-    for r in resolved:
+    for pack in packs(up):
+        dep = preview.named(f"{pack}-deployment")
+        want = [f"{container}.image", f"{container}.resources.requests.memory"]
+        want += [f"{container}.resources.limits.memory"]
+        assert sorted(unknown_paths(dep.inputs)) == sorted(want), pack
+    for r in (r for r in resolved if not r.model.packed):
         dep = preview.named(f"{r.model.k8s_name}-deployment")
         want = [f"{container}.image"]
         if r.model.settings.memory.fixed_mib is None:

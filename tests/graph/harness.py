@@ -31,6 +31,7 @@ from components.wire import SECRET_INPUTS
 IMAGE_TYPE = "pulumi-python:dynamic/fleet:ModelImage"
 PROFILE_TYPE = "pulumi-python:dynamic/fleet:MemoryProfile"
 ROUTER_IMAGE_TYPE = "pulumi-python:dynamic/fleet:RouterImage"
+PACK_IMAGE_TYPE = "pulumi-python:dynamic/fleet:PackImage"
 PRODUCTION_NAMESPACE = "fleet"
 """The namespace of `stack_config()`."""
 
@@ -64,6 +65,19 @@ def stack_config() -> StackConfig:
 def stand_in_digest(content_hash: str) -> str:
     """STAND-IN: the digest the mock returns for a push (no image was built)."""
     return "sha256:" + hashlib.sha256(content_hash.encode()).hexdigest()
+
+
+def stand_in_pack_size(content_hash: str) -> dict[str, float]:
+    """STAND-IN: what a packed model's profile returns for its pack (nothing measured):
+    a baseline near a lean server's and a few MiB per model, different per image."""
+    baseline = 150.0 + int(content_hash[:2], 16) % 40
+    marginal = 1.0 + int(content_hash[2:4], 16) % 8
+    return {
+        "baseline_p95_mib": baseline,
+        "baseline_peak_mib": baseline + 5,
+        "marginal_p95_mib": marginal,
+        "marginal_peak_mib": marginal + 1,
+    }
 
 
 def stand_in_memory(content_hash: str) -> tuple[int, int]:
@@ -132,11 +146,16 @@ class FleetMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.inputs[(args.typ, args.name)] = dict(args.inputs)
         outs = dict(args.inputs)
-        if self.preview or args.typ not in (IMAGE_TYPE, ROUTER_IMAGE_TYPE, PROFILE_TYPE):
+        if self.preview or args.typ not in (
+            IMAGE_TYPE,
+            ROUTER_IMAGE_TYPE,
+            PACK_IMAGE_TYPE,
+            PROFILE_TYPE,
+        ):
             # A preview runs no provider: what a provider computes stays unknown.
             return f"{args.name}-id", outs
         outs = {k: v for k, v in outs.items() if k not in SECRET_INPUTS}
-        if args.typ in (IMAGE_TYPE, ROUTER_IMAGE_TYPE):
+        if args.typ in (IMAGE_TYPE, ROUTER_IMAGE_TYPE, PACK_IMAGE_TYPE):
             digest = stand_in_digest(outs["content_hash"])
             repo = outs["image_ref"].rsplit(":", 1)[0]
             outs.update(digest=digest, image=f"{repo}@{digest}", image_id=digest, built=True)
@@ -144,6 +163,8 @@ class FleetMocks(pulumi.runtime.Mocks):
             request, limit = stand_in_memory(outs["content_hash"])
             outs.update(request_mib=request, limit_mib=limit, peak_mib=float(request))
             outs.update(idle_mib=request / 2, p95_mib=float(request), summary="stand-in")
+            zero = dict.fromkeys(stand_in_pack_size(outs["content_hash"]), 0.0)
+            outs.update(stand_in_pack_size(outs["content_hash"]) if outs.get("pack") else zero)
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:

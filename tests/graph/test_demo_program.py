@@ -70,7 +70,16 @@ def test_every_demo_model_has_exactly_its_children(demo_run):
     checks.check_model_children(cap, program["models"])
     # Components hang off the stack; nothing else sits at the root.
     roots = {r.typ for r in cap.resources.values() if r.parent.endswith("model-fleet-staging")}
-    assert roots <= {checks.SERVICE_TYPE, checks.ROUTER_TYPE, "fleet:index:Platform"}
+    assert roots <= {
+        checks.SERVICE_TYPE,
+        checks.PACK_TYPE,
+        checks.ROUTER_TYPE,
+        "fleet:index:Platform",
+    }
+    # The demo fleet packs its ten small models together; demand_forecast_2 is dedicated.
+    packed = sorted(r.name for r in program["models"] if r.model.packed)
+    assert checks.packs(cap) == {"pack-0": packed}
+    assert [r.name for r in program["models"] if not r.model.packed] == ["demand_forecast_2"]
     router = cap.named("router")
     assert {c.name for c in cap.children(router)} == {
         "router-image",
@@ -98,6 +107,7 @@ def test_stack_alias_picks_the_versions(demo_run):
 def test_memory_comes_from_the_profile(demo_run):
     cap, program = demo_run
     checks.check_memory_from_profile(cap, program["models"])
+    checks.check_packs(cap, program["models"], program["fleet"])
 
 
 def test_router_config_matches_the_spec(demo_run):
@@ -110,7 +120,8 @@ def test_router_config_matches_the_spec(demo_run):
 
 def test_objects_validate_and_meet_restricted_pss(demo_run):
     cap, _ = demo_run
-    assert checks.check_objects(cap) >= 10 * 2 + 6
+    # One dedicated model and one pack (Deployment, Service; a PDB for the pack's 2 pods).
+    assert checks.check_objects(cap) >= 2 * 2 + 1 + 6
 
 
 def test_secrets_stay_secret(demo_run):
@@ -147,7 +158,10 @@ def test_outputs_name_the_router_and_every_model(demo_run):
     assert sorted(models) == sorted(r.name for r in program["models"])
     for r in program["models"]:
         assert models[r.name]["version"] == r.version
-        assert set(models[r.name]) == {"version", "image", "memory_request_mib"}
+        sizing = "pack" if r.model.packed else "memory_request_mib"
+        assert set(models[r.name]) == {"version", "image", sizing}
+    assert set(exports["packs"]) == {"pack-0"}
+    assert set(exports["packs"]["pack-0"]) == {"models", "image", "memory_request_mib"}
 
 
 def test_router_runs_the_image_it_built(demo_run):
