@@ -95,7 +95,12 @@ def pack_annotations(p: PackObjects) -> dict[str, Text]:
 
 
 def _metadata(p: PackObjects, annotations: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": p.name, "namespace": p.namespace, "labels": pack_labels(p)}
+    labels = pack_labels(p)
+    if not annotations:
+        # The Service and PDB stay as they are while the pack's models change: only the
+        # Deployment (and its pods) carries the pack image's version.
+        del labels["app.kubernetes.io/version"]
+    meta: dict[str, Any] = {"name": p.name, "namespace": p.namespace, "labels": labels}
     if annotations:
         meta["annotations"] = pack_annotations(p)
     return meta

@@ -29,9 +29,13 @@ def model_name(i: int) -> str:
     return f"match_probability_{city + 1}_{PRODUCTS[rest // 2]}_{VARIANTS[rest % 2]}"
 
 
-def fleet_yaml(n: int) -> str:
+def fleet_yaml(n: int, packing: dict[str, object] | None = None) -> str:
     """models.yaml for `n` models: pinned versions, some fixed memory, some with more
-    replicas or an autoscaler, and one A/B experiment per city among the first five."""
+    replicas or an autoscaler, and one A/B experiment per city among the first five.
+
+    With `packing`, the fleet packs its models; those with fixed memory, more replicas
+    or an autoscaler are `dedicated` (a packed model may not set them).
+    """
     models = []
     for i in range(n):
         city, rest = divmod(i, 4)
@@ -47,6 +51,8 @@ def fleet_yaml(n: int) -> str:
             entry["replicas"] = 3
         if i % 13 == 6:
             entry["autoscaling"] = {"min_replicas": 2, "max_replicas": 6}
+        if packing and len(entry) > 4:
+            entry["dedicated"] = True
         models.append(entry)
     experiments = [
         {
@@ -64,11 +70,15 @@ def fleet_yaml(n: int) -> str:
         "models": models,
         "experiments": experiments,
     }
+    if packing:
+        doc["packing"] = packing
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def generated_fleet(n: int) -> tuple[Fleet, list[ResolvedModel]]:
-    fleet = parse_fleet(fleet_yaml(n), f"generated-{n}.yaml")
+def generated_fleet(
+    n: int, packing: dict[str, object] | None = None
+) -> tuple[Fleet, list[ResolvedModel]]:
+    fleet = parse_fleet(fleet_yaml(n, packing), f"generated-{n}.yaml")
     resolved = [resolved_model(m, m.version or 1) for m in fleet.resolved_models()]
     return fleet, resolved
 
