@@ -24,10 +24,16 @@ from pulumi.runtime import proto, rpc
 from pulumi.runtime.proto import provider_pb2_grpc
 
 from components.image import ModelImageArgs, ModelImageProvider, image_inputs
+from components.pack_image import (
+    PackImageArgs,
+    PackImageProvider,
+    PackMemberArgs,
+    pack_image_inputs,
+)
 from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
 from components.wire import plain, resolved_of, unknown
 from fleet.host import docker_cli
-from fleet.host.images import BuildSettings
+from fleet.host.images import BuildSettings, build_image
 from fleet.host.model_store import ModelStore
 from fleet.resolved import ResolvedModel
 from tests.graph.fleetgen import generated_fleet
@@ -228,3 +234,95 @@ def test_create_then_no_work_through_the_engine_path(
     read = engine_provider.Read(proto.ReadRequest(id=made.id, urn=URN, properties=wire(updated)))
     assert back(read.properties)["limit_mib"] == updated["limit_mib"]
     engine_provider.Delete(proto.DeleteRequest(id=made.id, urn=URN, properties=wire(updated)))
+
+
+def pack_props(members: list[tuple[ResolvedModel, Any]], push: bool = True) -> dict[str, Any]:
+    args = PackImageArgs(
+        pack="pack-0",
+        members=[PackMemberArgs(r, image, f"hash-{r.name}") for r, image in members],
+        build=BuildSettings(),
+        push=push,
+    )
+    return with_provider(pack_image_inputs(args), PackImageProvider())
+
+
+def test_the_pack_image_provider_in_a_preview(provider: Any) -> None:
+    """In a preview the members' images are unknown; the pack's hash is known (it is over
+    the members' content hashes), so an unchanged pack is no change and a new member's
+    version is one."""
+    models = generated_fleet(4)[1]
+    state = {**pack_props([(r, f"x@sha256:{i}") for i, r in enumerate(models)])}
+    state.update(image="pack@sha256:9", digest="sha256:9", built=True)
+    news = pack_props([(r, rpc.UNKNOWN) for r in models])
+    checked = call_check(provider, state, news)
+    assert unknown(checked["members"][0]["image"])
+    assert call_diff(provider, "id", state, news) == proto.DiffResponse.DIFF_NONE
+    moved = pack_props([(r, rpc.UNKNOWN) for r in models])
+    moved["members"][2]["content_hash"] = "another"
+    moved["content_hash"] = pack_image_inputs(
+        PackImageArgs(
+            "pack-0",
+            [
+                PackMemberArgs(r, "", "another" if i == 2 else f"hash-{r.name}")
+                for i, r in enumerate(models)
+            ],
+            BuildSettings(),
+        )
+    )["content_hash"]
+    assert call_diff(provider, "id", state, moved) == proto.DiffResponse.DIFF_SOME
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_pack_image_and_a_pack_profile_through_the_engine_path(
+    engine_provider: Any,
+    demo_registry: Any,
+    demo_resolved: list[ResolvedModel],
+    model_store: ModelStore,
+) -> None:
+    """create stacks the pack image from two model images (the inputs as the engine sends
+    them); the same inputs again are no change; a packed model's profile measures what
+    it adds to a pack."""
+    settings = BuildSettings(store=model_store)
+    models = [
+        by_name(demo_resolved, n)
+        for n in ("match_probability_1_TAXI_trafficaware", "match_probability_2_PHV_trafficunaware")
+    ]
+    built = [build_image(r, demo_registry, settings) for r in models]
+    args = PackImageArgs(
+        pack="pack-0",
+        members=[
+            PackMemberArgs(r, b.image_ref, b.content_hash)
+            for r, b in zip(models, built, strict=True)
+        ],
+        build=BuildSettings(),
+        push=False,
+    )
+    pack_in = with_provider(pack_image_inputs(args), PackImageProvider())
+    checked = call_check(engine_provider, {}, pack_in)
+    made = engine_provider.Create(proto.CreateRequest(urn=URN, properties=wire(checked)))
+    pack_out = back(made.properties)
+    assert pack_out["image"] == pack_in["image_ref"]
+    info = docker_cli.inspect(pack_out["image"])
+    assert info is not None
+    own = [docker_cli.inspect(b.image_ref)["RootFS"]["Layers"][-1] for b in built]  # type: ignore[index]
+    assert info["RootFS"]["Layers"][-2:] == own
+    assert call_diff(engine_provider, made.id, pack_out, pack_in) == proto.DiffResponse.DIFF_NONE
+
+    profile_in = with_provider(
+        profile_inputs(
+            MemoryProfileArgs(
+                resolved=models[0],
+                image=built[0].image_ref,
+                content_hash=built[0].content_hash,
+                requests=20,
+                pack=True,
+            )
+        ),
+        MemoryProfileProvider(),
+    )
+    made = engine_provider.Create(proto.CreateRequest(urn=URN, properties=wire(profile_in)))
+    measured = back(made.properties)
+    assert 0 <= measured["marginal_p95_mib"] < 30
+    assert 0 < measured["baseline_p95_mib"] <= measured["p95_mib"]
+    assert call_diff(engine_provider, made.id, measured, profile_in) == proto.DiffResponse.DIFF_NONE
