@@ -12,7 +12,16 @@ For one model, `profile(resolved, registry)`:
 5. samples memory every `sample_interval_s` in a thread throughout: PSS summed over the
    server's process tree (process) or the container's memory cgroup (docker; cgroup v1
    `rss + mapped_file`, v2 `memory.current - inactive_file`);
-6. recommends the pod's memory and applies the gate.
+6. recommends the pod's memory and applies the gate;
+7. with `pack=True` (`fleet profile --pack`), runs a second server in pack mode that holds
+   the model twice (its name and `<name>--twin`), warms up, idles and loads both copies,
+   and reports what the model costs in a pack (`PackStats`):
+
+       marginal_x = max(twin_x - single_x, 0)    baseline_x = single_x - marginal_x
+
+   for x in idle, p95 and peak, the difference taken in the servers' private memory (USS,
+   or the cgroup's anonymous memory: `profiler.memory`), which other processes do not
+   move as they move PSS; a failed request of the twin run fails the gate too.
 
 The policy (fields of `fleet.spec.MemoryPolicy`, set per model in models.yaml):
 
@@ -39,11 +48,17 @@ one under `.fleet/profiles/failed/`):
               "phases": [{"concurrency", "batch_size", "requests", "errors",
                           "req_per_s", "p50_ms", "p99_ms"}]},
      "policy": {MemoryPolicy fields}, "recommendation": {"request_mib", "limit_mib": int},
+     "pack": null | {"baseline_idle_mib", "baseline_p95_mib", "baseline_peak_mib",
+                     "marginal_idle_mib", "marginal_p95_mib", "marginal_peak_mib": float,
+                     "source": str},
      "problems": [str], "passed": bool}
+
+(`pack` is null, or absent in reports written before it existed, unless measured.)
 
 The cache is keyed by the model image's content hash (`fleet.host.images.content_hash`): a
 model whose hash has a passing report is not profiled again; its recommendation is
-recomputed under the current policy. `profile_fleet` runs many models with bounded
+recomputed under the current policy; a call with `pack=True` measures again when the
+stored report has no `pack`. `profile_fleet` runs many models with bounded
 parallelism and progress lines. See docs/profiler.md.
 """
 
@@ -52,12 +67,13 @@ from profiler.gate import ProfileGateError
 from profiler.load import LoadPlan
 from profiler.parallel import Outcome, profile_fleet
 from profiler.policy import Recommendation, recommend
-from profiler.report import Report
+from profiler.report import PackStats, Report
 from profiler.run import ProfileOptions, profile
 
 __all__ = [
     "LoadPlan",
     "Outcome",
+    "PackStats",
     "ProfileCache",
     "ProfileGateError",
     "ProfileOptions",

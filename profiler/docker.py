@@ -15,6 +15,11 @@ is fenced in the way the cluster fences its pods (docs/profiler.md, "Trust bound
   size-bound tmpfs at /tmp (the image's HOME and BENTOML_HOME are under it), a limit on
   processes and threads, and the pods' non-root user (`fleet.host.images.UID`).
 
+For the pack measurement (`copies=2`) the same image runs as a pack server: `FLEET_PACK`
+holds the model twice (`pack_entries`, made from the image's own `FLEET_*` settings and
+`FLEET_MODEL_DIR`; the server prefers `FLEET_PACK` to them), and the memory limit is the
+ceiling times the copies, as the model alone was held to the ceiling already.
+
 Memory is read from the container's memory cgroup (v1 or v2,
 `profiler.memory.find_cgroup`); the limit does not change what is measured below it. An
 image the engine does not have is pulled first, logged in with the backend's registry
@@ -26,14 +31,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from fleet.errors import BuildError
 from fleet.host import docker_cli
 from fleet.host.images import PORT, UID, BuildSettings, build_image
+from fleet.host.model_server import pack_path
 from fleet.host.processes import free_port
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
+from fleet.serving.config import ENV_MODEL_DIR, ENV_PACK, ConfigError, ServerConfig
+from profiler.backends import copy_names
 from profiler.gate import ProfileGateError
 from profiler.memory import CgroupMemory, find_cgroup, parse_memory_stat
 
@@ -84,18 +93,31 @@ class DockerBackend:
         self.login = login
         """Credentials for pulling the image when the engine does not have it."""
 
-    def start(self, resolved: ResolvedModel, registry: Registry | None) -> ContainerServer:
+    def start(
+        self, resolved: ResolvedModel, registry: Registry | None, copies: int = 1
+    ) -> ContainerServer:
         image = self.image_for(resolved, registry)
         ceiling = resolved.model.settings.memory.ceiling_mib
         port = free_port()
+        image_cmd, image_env = self._image_config(resolved, image)
         env = {
             "BENTOML_HOST": "0.0.0.0",
             "BENTOML_PORT": str(CONTAINER_PORT),
             "PORT": str(CONTAINER_PORT),
         }
-        create = ["create", "--label", LABEL, *sandbox_args(port, ceiling)]
+        paths = [""]
+        if copies > 1:
+            try:
+                names, entries = pack_entries(image_env, copies)
+            except ConfigError as exc:
+                raise ProfileGateError(
+                    resolved.name, [f"the image {image} cannot be run as a pack server: {exc}"]
+                ) from exc
+            env[ENV_PACK] = json.dumps(entries)
+            paths = [pack_path(name) for name in names]
+        create = ["create", "--label", LABEL, *sandbox_args(port, ceiling * copies)]
         create += [f"--env={k}={v}" for k, v in env.items()]
-        command = bridge_command(self._image_command(resolved, image), CONTAINER_PORT)
+        command = bridge_command(image_cmd, CONTAINER_PORT)
         made = _docker(*create, image, *command)
         if made.returncode != 0:
             raise ProfileGateError(
@@ -109,7 +131,8 @@ class DockerBackend:
                 resolved.name,
                 [f"the container of {image} could not be started: {started.stderr.strip()}"],
             )
-        server = ContainerServer(cid, f"http://127.0.0.1:{port}", ceiling_mib=ceiling)
+        url = f"http://127.0.0.1:{port}"
+        server = ContainerServer(cid, url, ceiling_mib=ceiling, paths=paths)
         try:
             pid = _docker("inspect", "-f", "{{.State.Pid}}", cid).stdout.strip()
             try:
@@ -124,9 +147,11 @@ class DockerBackend:
             raise
         return server
 
-    def _image_command(self, resolved: ResolvedModel, image: str) -> list[str]:
-        """The image's command; the image is pulled first when the engine lacks it (a fresh
-        runner profiling an image built and pushed elsewhere)."""
+    def _image_config(
+        self, resolved: ResolvedModel, image: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """The image's command and environment; the image is pulled first when the engine
+        lacks it (a fresh runner profiling an image built and pushed elsewhere)."""
         if docker_cli.inspect(image) is None:
             try:
                 docker_cli.pull(image, self.login)
@@ -136,24 +161,53 @@ class DockerBackend:
                     resolved.name,
                     [f"no image {image} in the engine, and pulling it failed: {problem}"],
                 ) from exc
-        found = _docker("image", "inspect", "-f", "{{json .Config.Cmd}}", image)
+        found = _docker("image", "inspect", "-f", "{{json .Config}}", image)
         if found.returncode != 0:
             raise ProfileGateError(resolved.name, [f"no image {image}: {found.stderr.strip()}"])
-        cmd: list[str] = json.loads(found.stdout or "null") or []
-        return cmd
+        config = json.loads(found.stdout or "null") or {}
+        cmd: list[str] = config.get("Cmd") or []
+        env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
+        return cmd, env
+
+
+def pack_entries(
+    image_env: Mapping[str, str], copies: int
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The names and the `FLEET_PACK` entries of a pack server that serves the image's one
+    model `copies` times (`profiler.backends.copy_names`), each entry the image's own server
+    settings (`ServerConfig`) under its copy's name, and the image's `FLEET_MODEL_DIR`.
+
+    Raises ConfigError when the image's environment lacks them.
+    """
+    config = ServerConfig.from_env(image_env)
+    model_dir = image_env.get(ENV_MODEL_DIR)
+    if not model_dir:
+        raise ConfigError(f"{ENV_MODEL_DIR} is not set in the image's environment")
+    names = copy_names(config.model_name, copies)
+    entries = [{**replace(config, model_name=n).to_env(), ENV_MODEL_DIR: model_dir} for n in names]
+    return names, entries
 
 
 class ContainerServer:
     """A model server container started by DockerBackend."""
 
-    def __init__(self, container_id: str, url: str, ceiling_mib: int) -> None:
+    def __init__(
+        self, container_id: str, url: str, ceiling_mib: int, paths: list[str] | None = None
+    ) -> None:
         self.container_id = container_id
         self.url = url
+        self.paths = paths or [""]
+        """Where each copy of the model answers, under `url`."""
         self.ceiling_mib = ceiling_mib
-        """The container's memory limit (the model's memory.ceiling_mib), for messages."""
+        """The model's memory.ceiling_mib; the container's memory limit is that times
+        the copies of the model it serves. For messages."""
         self.cgroup: CgroupMemory | None = None
         self.oom_killed = False
         """Whether the kernel has killed a process of the container for memory."""
+
+    @property
+    def model_urls(self) -> list[str]:
+        return [self.url + path for path in self.paths]
 
     @property
     def memory_source(self) -> str:
@@ -163,6 +217,15 @@ class ContainerServer:
         if self.cgroup is None:
             raise ProcessLookupError("the container's cgroup is unknown")
         return self.cgroup()
+
+    @property
+    def private_source(self) -> str:
+        return self.cgroup.private_source if self.cgroup else "cgroup anon"
+
+    def private_bytes(self) -> int:
+        if self.cgroup is None:
+            raise ProcessLookupError("the container's cgroup is unknown")
+        return self.cgroup.private()
 
     def exited(self) -> str | None:
         """Why the server is gone, or None while it runs.
@@ -178,10 +241,11 @@ class ContainerServer:
         if out.returncode == 0:
             running, code, oom = [*out.stdout.split(), "", "", ""][:3]
             if oom == "true" or self.oom_killed:
-                return out_of_memory(self.ceiling_mib, None if running == "true" else code)
+                code_or_none = None if running == "true" else code
+                return out_of_memory(self.ceiling_mib, code_or_none, len(self.paths))
             return None if running == "true" else f"the container exited with code {code}"
         if self.oom_killed:
-            return out_of_memory(self.ceiling_mib, None)
+            return out_of_memory(self.ceiling_mib, None, len(self.paths))
         if out.returncode == 124:
             return None  # a busy engine says nothing; the readiness timeout still applies
         return "the container is gone"
@@ -257,12 +321,14 @@ def oom_kills(cgroup: CgroupMemory) -> int:
         return 0  # the cgroup is gone with the container; docker inspect tells the rest
 
 
-def out_of_memory(ceiling_mib: int, exit_code: str | None) -> str:
-    """The gate's words for a container whose memory reached its limit, the model's ceiling.
+def out_of_memory(ceiling_mib: int, exit_code: str | None, copies: int = 1) -> str:
+    """The gate's words for a container whose memory reached its limit, the model's ceiling
+    (times the `copies` of the model a pack container serves).
 
     `exit_code` is None while the container still runs (a worker was killed).
     """
-    limit = f"its limit, the model's ceiling of {ceiling_mib} MiB (memory.ceiling_mib)"
+    times = f"{copies} times " if copies > 1 else ""
+    limit = f"its limit, {times}the model's ceiling of {ceiling_mib} MiB (memory.ceiling_mib)"
     if exit_code is None:
         return f"out of memory: a process of the container was OOM-killed at {limit}"
     return f"out of memory: the container exited with code {exit_code} after an OOM kill at {limit}"

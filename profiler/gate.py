@@ -2,7 +2,9 @@
 
 It fails when the server never becomes ready, when any valid request fails (the model's
 predictions failed), when an invalid request is accepted, or when measured memory is
-above the policy's `ceiling_mib`.
+above the policy's `ceiling_mib`. With the pack measurement, the same holds for the twin
+run (the model served twice in one pack server), its problems marked `TWIN_RUN`; its
+memory is not held to the ceiling, which is the model's alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from profiler.policy import Recommendation, recommend
 
 if TYPE_CHECKING:
     from profiler.report import LoadStats, MemoryStats, Report
+
+TWIN_RUN = "in the twin pack run"
+"""How problems of the pack measurement's second server begin."""
 
 
 class ProfileGateError(FleetError):
@@ -81,6 +86,17 @@ def rederive(model: str, p95_mib: float, peak_mib: float, policy: MemoryPolicy) 
     return recommend(p95_mib, peak_mib, policy)
 
 
-def problems_of(report: Report, policy: MemoryPolicy) -> list[str]:
-    """Every reason `report` fails the gate under `policy` (empty when it passes)."""
-    return load_problems(report.load) + memory_problems(report.memory, policy)
+def problems_of(
+    report: Report, policy: MemoryPolicy, twin_load: LoadStats | None = None
+) -> list[str]:
+    """Every reason `report` fails the gate under `policy` (empty when it passes), and
+    those of the twin run's load (`twin_load`, when the pack was measured)."""
+    problems = load_problems(report.load) + memory_problems(report.memory, policy)
+    if twin_load is not None:
+        problems += twin_problems(load_problems(twin_load))
+    return problems
+
+
+def twin_problems(problems: Sequence[str]) -> list[str]:
+    """`problems` of the twin run, marked as such."""
+    return [f"{TWIN_RUN}: {p}" for p in problems]

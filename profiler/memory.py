@@ -10,6 +10,13 @@ Two probes, one per backend, both in bytes:
   plus file pages mapped into the processes, the part that cannot be dropped), else
   `usage_in_bytes - cache`. cgroup v2: `memory.current - inactive_file`, the working set
   the kubelet watches.
+
+And one private probe per backend, for the pack measurement's comparison of two servers
+of the same model (`profiler.run`): memory that no other process or container shares, so
+it does not move as processes elsewhere on the machine come and go (PSS does: the pages of
+the libraries a server shares with them are split with them). `process_tree_uss(pid)`,
+USS summed over the tree; `CgroupMemory.private()`, the cgroup's anonymous memory (v1
+`rss`, v2 `anon`), which page cache charged to an earlier container cannot shift.
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def process_tree_pss(pid: int) -> int:
     """PSS in bytes of process `pid` and its descendants; raises ProcessLookupError if gone."""
+    return _tree_sum(pid, "pss")
+
+
+def process_tree_uss(pid: int) -> int:
+    """USS (pages no other process maps) in bytes of process `pid` and its descendants;
+    raises ProcessLookupError if gone."""
+    return _tree_sum(pid, "uss")
+
+
+def _tree_sum(pid: int, field: str) -> int:
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -37,7 +54,7 @@ def process_tree_pss(pid: int) -> int:
     total = 0
     for proc in procs:
         try:
-            total += int(proc.memory_full_info().pss)
+            total += int(getattr(proc.memory_full_info(), field))
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue  # a worker that exits between listing and reading holds no memory
     return total
@@ -84,10 +101,29 @@ class CgroupMemory:
         except FileNotFoundError as exc:
             raise ProcessLookupError(f"cgroup {self.path} is gone") from exc
 
+    def private(self) -> int:
+        """Anonymous memory of the cgroup in bytes (v1 `total_rss`, v2 `anon`)."""
+        try:
+            stat = parse_memory_stat((self.path / "memory.stat").read_text())
+        except FileNotFoundError as exc:
+            raise ProcessLookupError(f"cgroup {self.path} is gone") from exc
+        return cgroup_anon_bytes(self.version, stat)
+
     @property
     def source(self) -> str:
         formula = "rss+mapped_file" if self.version == 1 else "current-inactive_file"
         return f"cgroup v{self.version} {formula}"
+
+    @property
+    def private_source(self) -> str:
+        return f"cgroup v{self.version} {'rss' if self.version == 1 else 'anon'}"
+
+
+def cgroup_anon_bytes(version: int, stat: dict[str, int]) -> int:
+    """Anonymous memory of a memory cgroup from its memory.stat."""
+    if version == 1:
+        return stat.get("total_rss", stat.get("rss", 0))
+    return stat.get("anon", 0)
 
 
 def find_cgroup(container_id: str, pid: int | None, root: Path = CGROUP_ROOT) -> CgroupMemory:

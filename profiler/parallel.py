@@ -55,8 +55,12 @@ def profile_fleet(
     cache: ProfileCache | None = None,
     hash_of: Callable[[ResolvedModel], str] | None = None,
     progress: Callable[[str], None] = print,
+    pack: bool = False,
 ) -> list[Outcome]:
-    """Profile `models`, at most `parallel` at once; outcomes in the order of `models`."""
+    """Profile `models`, at most `parallel` at once; outcomes in the order of `models`.
+
+    With `pack`, each model's cost in a pack server is measured too (`profile`'s `pack`).
+    """
     if parallel < 1:
         raise ValueError("parallel must be at least 1")
     opts = options or ProfileOptions()
@@ -65,7 +69,7 @@ def profile_fleet(
     lock = threading.Lock()
 
     def one(resolved: ResolvedModel) -> Outcome:
-        outcome = _one(resolved, registry, backend, opts, cache, digest)
+        outcome = _one(resolved, registry, backend, opts, cache, digest, pack)
         nonlocal done
         with lock:
             done += 1
@@ -88,6 +92,7 @@ def _one(
     opts: ProfileOptions,
     cache: ProfileCache | None,
     digest: Callable[[ResolvedModel], str],
+    pack: bool,
 ) -> Outcome:
     policy = resolved.model.settings.memory
     if policy.fixed_mib is not None:
@@ -100,6 +105,7 @@ def _one(
             options=opts,
             content_hash=digest(resolved),
             cache=cache,
+            pack=pack,
         )
     except ProfileGateError as exc:
         return Outcome(resolved.name, "failed", report=exc.report, error=str(exc))

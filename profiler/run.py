@@ -4,14 +4,22 @@ Timeline of one run (the sampler runs throughout, every `sample_interval_s`):
 ready -> one warm-up request -> `idle_s` of quiet (idle = median of those samples)
 -> the load plan (p95 and peak over the samples from load start to a moment after it)
 -> invalid requests -> stop the server.
+
+With `pack=True` a second run follows on a pack server that serves the model twice, under
+its name and `<name>--twin` (`profiler.backends.copy_names`): both copies warmed up, idle
+measured, the load plan run against one copy and then the other, p95 and peak over both.
+What the second copy adds to the private memory of the model's own server is its marginal
+cost in a pack (`PackStats.of`); both runs sample private memory besides the usual probe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -23,11 +31,11 @@ from fleet.schema import random_records
 from fleet.spec import MemoryPolicy
 from profiler.backends import Backend, ProcessBackend, Server
 from profiler.cache import ProfileCache
-from profiler.gate import ProfileGateError, problems_of
-from profiler.load import LoadPlan, LoadResult, check_answer, run_load
+from profiler.gate import ProfileGateError, problems_of, twin_problems
+from profiler.load import MAX_KEPT_ERRORS, LoadPlan, LoadResult, check_answer, run_load
 from profiler.memory import MIB, MemorySampler, percentile
 from profiler.policy import recommend
-from profiler.report import LoadStats, MemoryStats, PhaseStats, Report
+from profiler.report import LoadStats, MemoryStats, PackStats, PhaseStats, Report
 
 
 @dataclass(frozen=True)
@@ -72,14 +80,20 @@ def profile(
     options: ProfileOptions | None = None,
     content_hash: str | None = None,
     cache: ProfileCache | None = None,
+    pack: bool = False,
 ) -> Report:
     """Profile `resolved` and return its report; raises ProfileGateError when the gate fails.
 
     `registry` is where the process backend (or an image build) reads the model from;
     None when the backend runs an image that holds it already.
 
+    With `pack`, a second server holds the model twice in one pack server (the backend's
+    `start(..., copies=2)`), and `report.pack` says what the model costs in a pack; the
+    twin run's load is held to the gate too. It runs only when the model's own run passed.
+
     With a `cache`, a report stored under the content hash is returned instead (marked
-    `cached`, its recommendation recomputed under the model's current policy).
+    `cached`, its recommendation recomputed under the model's current policy); with
+    `pack`, only a stored report that measured the pack will do.
     """
     opts = options or ProfileOptions()
     policy = resolved.model.settings.memory
@@ -88,15 +102,11 @@ def profile(
     digest = content_hash or content_hash_of(resolved, opts.build)
     if cache is not None:
         hit = cache.get(digest)
-        if hit is not None:
+        if hit is not None and (hit.pack is not None or not pack):
             return judge(replace(hit, cached=True), policy)
     chosen = make_backend(backend, opts.build) if isinstance(backend, str) else backend
-    server = chosen.start(resolved, registry)
-    try:
-        memory, load = _measure(server, resolved, opts)
-        tail = server.log_tail(opts.log_lines) if load.errors else []
-    finally:
-        server.stop()
+    single = _run(chosen, resolved, registry, opts, private=pack)
+    memory, load, tail = single.memory, single.load, single.tail
     report = Report(
         model=resolved.name,
         version=resolved.version,
@@ -109,7 +119,18 @@ def profile(
         policy=policy.model_dump(),
         recommendation=recommend(memory.p95_mib, memory.peak_mib, policy),
     )
-    report = replace(report, problems=problems_of(report, policy))
+    twin_load = None
+    if pack and not problems_of(report, policy):
+        try:
+            twin = _run(chosen, resolved, registry, opts, copies=2, private=True)
+        except ProfileGateError as exc:
+            raise ProfileGateError(
+                exc.model, twin_problems(exc.problems), log_tail=exc.log_tail
+            ) from exc
+        assert single.private is not None and twin.private is not None
+        report = replace(report, pack=PackStats.of(memory, single.private, twin.private))
+        twin_load, tail = twin.load, tail or twin.tail
+    report = replace(report, problems=problems_of(report, policy, twin_load))
     if cache is not None:
         cache.put(report)
     if not report.passed:
@@ -127,61 +148,146 @@ def judge(report: Report, policy: MemoryPolicy) -> Report:
     return report
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What one server run measured."""
+
+    memory: MemoryStats
+    """The server's memory, by the backend's probe (`Server.memory_bytes`)."""
+    load: LoadStats
+    tail: list[str]
+    """The server's last log lines when a request failed."""
+    private: MemoryStats | None = None
+    """Its private memory (`Server.private_bytes`), when asked for: the pack comparison."""
+
+
+def _run(
+    backend: Backend,
+    resolved: ResolvedModel,
+    registry: Registry | None,
+    opts: ProfileOptions,
+    copies: int = 1,
+    private: bool = False,
+) -> Measured:
+    """Start a server of `copies` of the model, measure it (its private memory too, with
+    `private`), stop it."""
+    # A backend of one model (written before pack servers) is asked the way it was then.
+    if copies == 1:
+        server = backend.start(resolved, registry)
+    else:
+        server = backend.start(resolved, registry, copies=copies)
+    try:
+        measured = _measure(server, resolved, opts, private)
+        tail = server.log_tail(opts.log_lines) if measured.load.errors else []
+    finally:
+        server.stop()
+    return replace(measured, tail=tail)
+
+
 def _measure(
-    server: Server, resolved: ResolvedModel, opts: ProfileOptions
-) -> tuple[MemoryStats, LoadStats]:
-    with MemorySampler(server.memory_bytes, opts.sample_interval_s) as sampler:
+    server: Server, resolved: ResolvedModel, opts: ProfileOptions, private: bool = False
+) -> Measured:
+    """Warm up, idle and load every copy of the model `server` serves (one after the
+    other), sampling its memory throughout (and its private memory, with `private`)."""
+    interval = opts.sample_interval_s
+    samplers = [MemorySampler(server.memory_bytes, interval)]
+    if private:
+        samplers.append(MemorySampler(server.private_bytes, interval))
+    with contextlib.ExitStack() as running:
+        for sampler in samplers:
+            running.enter_context(sampler)
         for _, why in wait_ready([server], opts.ready_timeout_s):
             raise ProfileGateError(
                 resolved.name,
                 [f"server never ready: {why}"],
                 log_tail=server.log_tail(opts.log_lines),
             )
-        _warm_up(server, resolved, opts)
+        urls = server.model_urls
+        for url in urls:
+            _warm_up(server, url, resolved, opts, named=len(urls) > 1)
         quiet = time.monotonic()
         time.sleep(opts.idle_s)
         start = time.monotonic()
-        result = run_load(server.url, resolved.inputs, opts.plan)
+        result = _merged({url: run_load(url, resolved.inputs, opts.plan) for url in urls})
         end = time.monotonic()
         # A few more samples: memory freed or grown right after the last answer counts too.
-        time.sleep(3 * opts.sample_interval_s)
-    if sampler.error is not None or server.exited():
-        why = server.exited() or f"memory could not be read ({sampler.error})"
+        time.sleep(3 * interval)
+    error = next((s.error for s in samplers if s.error is not None), None)
+    if error is not None or server.exited():
+        why = server.exited() or f"memory could not be read ({error})"
         raise ProfileGateError(
             resolved.name,
             [f"the server died under load: {why}"],
             log_tail=server.log_tail(opts.log_lines),
         )
+    window = (quiet, start, end + 3 * interval)
+    stats = [_memory_stats(s, window, resolved, interval) for s in samplers]
+    return Measured(
+        memory=replace(stats[0], source=server.memory_source),
+        load=load_stats(result, end - start),
+        tail=[],
+        private=replace(stats[1], source=server.private_source) if private else None,
+    )
+
+
+def _memory_stats(
+    sampler: MemorySampler,
+    window: tuple[float, float, float],
+    resolved: ResolvedModel,
+    interval_s: float,
+) -> MemoryStats:
+    """Idle (median of the quiet samples), p95 and peak (of the samples under load)."""
+    quiet, start, end = window
     idle = sampler.window(quiet, start) or sampler.window(0, start)[-1:]
-    loaded = sampler.window(start, end + 3 * opts.sample_interval_s)
+    loaded = sampler.window(start, end)
     if not idle or not loaded:
         raise RuntimeError(f"model '{resolved.name}': too few memory samples; lower the interval")
-    memory = MemoryStats(
+    return MemoryStats(
         idle_mib=statistics.median(idle) / MIB,
         p95_mib=percentile([float(v) for v in loaded], 95) / MIB,
         peak_mib=max(max(loaded), max(idle)) / MIB,
         samples=len(sampler.values),
-        interval_s=opts.sample_interval_s,
-        source=server.memory_source,
+        interval_s=interval_s,
+        source="",
     ).rounded()
-    return memory, load_stats(result, end - start)
 
 
-def _warm_up(server: Server, resolved: ResolvedModel, opts: ProfileOptions) -> None:
+def _warm_up(
+    server: Server, url: str, resolved: ResolvedModel, opts: ProfileOptions, named: bool
+) -> None:
     record = random_records(resolved.inputs, 1, seed=opts.plan.seed)
     try:
         response = httpx.post(
-            f"{server.url}/predict", json={"records": record}, timeout=opts.plan.timeout_s
+            f"{url}/predict", json={"records": record}, timeout=opts.plan.timeout_s
         )
         problem = check_answer(response, 1)
     except httpx.HTTPError as exc:
         problem = f"{type(exc).__name__}: {exc}"
     if problem is not None:
+        where = f" to {urlsplit(url).path}" if named else ""
         raise ProfileGateError(
             resolved.name,
-            [f"predictions failed: the warm-up request got {problem}"],
+            [f"predictions failed: the warm-up request{where} got {problem}"],
             log_tail=server.log_tail(opts.log_lines),
         )
+
+
+def _merged(results: dict[str, LoadResult]) -> LoadResult:
+    """One result of the load runs against several copies (keyed by URL): their phases one
+    after the other, errors and accepted invalid requests marked with the copy's path."""
+    if len(results) == 1:
+        return next(iter(results.values()))
+
+    def marked(url: str, what: list[str]) -> list[str]:
+        return [f"{urlsplit(url).path}: {w}" for w in what]
+
+    errors = [e for url, r in results.items() for e in marked(url, r.first_errors)]
+    return LoadResult(
+        phases=[p for r in results.values() for p in r.phases],
+        first_errors=errors[:MAX_KEPT_ERRORS],
+        invalid_sent=sum(r.invalid_sent for r in results.values()),
+        invalid_accepted=[a for url, r in results.items() for a in marked(url, r.invalid_accepted)],
+    )
 
 
 def load_stats(result: LoadResult, elapsed_s: float) -> LoadStats:

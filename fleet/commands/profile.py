@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="profile even when cached")
     parser.add_argument("--registry", default=None, help="image name prefix (docker backend)")
     parser.add_argument("--base-image", default=None, help="base image (docker backend)")
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="also measure what each model costs in a pack server: a second run serves it "
+        "twice in one process; prints the baseline and what one more copy adds",
+    )
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
 
 
@@ -107,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         cache=None if args.no_cache else ProfileCache(args.cache_dir),
         progress=log,
+        pack=args.pack,
     )
     reports = [o.report for o in outcomes if o.report is not None]
     if args.json:

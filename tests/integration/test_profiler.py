@@ -19,9 +19,10 @@ from fleet.host.environment import child_env
 from fleet.host.model_store import ModelStore
 from fleet.host.registry import Registry, local_tracking_uri
 from fleet.resolved import ResolvedModel
-from profiler import LoadPlan, Outcome, ProfileCache, ProfileOptions, profile_fleet
-from profiler.backends import ProcessBackend, bento_command
-from tests.support import register_pyfunc
+from profiler import LoadPlan, Outcome, ProfileCache, ProfileOptions, profile, profile_fleet
+from profiler.backends import ProcessBackend, bento_command, bento_pack_command
+from profiler.report import Report
+from tests.support import by_name, register_pyfunc
 
 SMALL = "match_probability_1_TAXI_trafficaware"
 BIG = "demand_forecast_2"  # a ~200 MB random forest
@@ -94,6 +95,56 @@ def test_a_second_run_comes_from_the_cache(
     assert f"{SMALL} v1 (cached)" in out and f"{BIG} v1 (cached)" in out
     request = outcomes[BIG].recommendation.request_mib
     assert f"{request}Mi" in out  # the summary table
+
+
+@pytest.fixture(scope="module")
+def packed(
+    profiled: Any,
+    model_store: ModelStore,
+    demo_resolved: list[ResolvedModel],
+    demo_registry: Registry,
+) -> tuple[Report, Report, ProfileCache]:
+    """The small model's single-run report from the module's cache, and its pack
+    measurement, which that report does not do for: profiled again and stored."""
+    outcomes, cache, _ = profiled
+    single = outcomes[SMALL].report
+    assert single is not None and single.pack is None
+    report = profile(
+        by_name(demo_resolved, SMALL),
+        demo_registry,
+        backend=ProcessBackend(bento_command(model_store), bento_pack_command(model_store)),
+        options=OPTIONS,
+        content_hash=single.content_hash,
+        cache=cache,
+        pack=True,
+    )
+    return single, report, cache
+
+
+def test_pack_run_measures_what_the_model_adds_to_a_pack(packed: Any) -> None:
+    single, report, cache = packed
+    assert not report.cached and report.passed and report.created >= single.created
+    pack = report.pack
+    assert pack is not None and cache.get(report.content_hash) == report
+    assert pack.source == "uss (process tree)"
+    # a second copy of a small pyfunc is a few MiB; the server and its libraries are the rest
+    assert 0 <= pack.marginal_p95_mib < 15
+    assert 0 <= pack.marginal_idle_mib < 15
+    p95, peak = report.memory.p95_mib, report.memory.peak_mib
+    assert pack.baseline_p95_mib == pytest.approx(p95 - pack.marginal_p95_mib, abs=0.15)
+    assert pack.baseline_peak_mib == pytest.approx(peak - pack.marginal_peak_mib, abs=0.15)
+    assert pack.baseline_p95_mib >= 100 > pack.marginal_p95_mib
+
+
+def test_fleet_profile_pack_prints_the_pack_from_the_cache(
+    packed: Any, demo_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, report, cache = packed
+    argv = ["profile", SMALL, "--pack", "--tracking-uri", demo_uri, "--cache-dir", str(cache.root)]
+    assert fleet_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{SMALL} v1 (cached)" in out and "in a pack: baseline p95" in out
+    assert "+p95" in out and f"{report.pack.marginal_p95_mib:.1f}" in out
 
 
 def register_broken_model(uri: str, artifacts: Path) -> None:

@@ -19,6 +19,7 @@ from fleet.host.images import BuildSettings, build_image
 from fleet.host.model_store import ModelStore
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
+from fleet.serving.config import ENV_MODEL_DIR, ENV_MODEL_NAME, ENV_PACK
 from profiler import LoadPlan, ProfileGateError, ProfileOptions, profile
 from profiler.docker import LABEL, ContainerServer, DockerBackend
 from profiler.memory import MIB
@@ -59,8 +60,10 @@ class Inspected(DockerBackend):
         super().__init__(image)
         self.seen: list[dict[str, Any]] = []
 
-    def start(self, resolved: ResolvedModel, registry: Registry | None) -> ContainerServer:
-        server = super().start(resolved, registry)
+    def start(
+        self, resolved: ResolvedModel, registry: Registry | None, copies: int = 1
+    ) -> ContainerServer:
+        server = super().start(resolved, registry, copies)
         self.seen += json.loads(docker_cli.check("inspect", server.container_id))
         return server
 
@@ -142,4 +145,36 @@ def test_a_model_above_its_ceiling_is_oom_killed_and_the_gate_says_so(image: Any
     [problem] = info.value.problems
     assert "out of memory" in problem and "OOM" in problem
     assert "ceiling of 64 MiB (memory.ceiling_mib)" in problem
+    assert our_containers(built.image_ref) == []
+
+
+def test_docker_backend_measures_the_pack_of_the_image_twice(image: Any) -> None:
+    # the same image as a pack server: FLEET_PACK from the image's own settings, the model
+    # under its name and its twin's, the memory limit twice the ceiling
+    resolved, built = image
+    backend = Inspected(built.image_ref)
+    report = profile(
+        resolved,
+        None,
+        backend=backend,
+        options=OPTIONS,
+        content_hash=built.content_hash,
+        pack=True,
+    )
+    single, twin = backend.seen
+    assert not any(e.startswith(f"{ENV_PACK}=") for e in single["Config"]["Env"])
+    [packed] = [e.split("=", 1)[1] for e in twin["Config"]["Env"] if e.startswith(f"{ENV_PACK}=")]
+    entries = json.loads(packed)
+    assert [e[ENV_MODEL_NAME] for e in entries] == [SMALL, f"{SMALL}--twin"]
+    assert entries[0][ENV_MODEL_DIR] == entries[1][ENV_MODEL_DIR]
+    ceiling = resolved.model.settings.memory.ceiling_mib
+    assert twin["HostConfig"]["Memory"] == 2 * ceiling * MIB
+    assert report.passed and report.load.errors == 0
+    pack = report.pack
+    assert pack is not None
+    assert 0 <= pack.marginal_p95_mib < 15
+    p95 = report.memory.p95_mib
+    assert pack.baseline_p95_mib == pytest.approx(p95 - pack.marginal_p95_mib, abs=0.15)
+    assert pack.source.startswith("cgroup v")
+    assert pack.baseline_p95_mib >= 100
     assert our_containers(built.image_ref) == []

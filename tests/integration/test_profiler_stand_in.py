@@ -9,8 +9,9 @@ BentoML server is profiled in tests/integration/test_profiler.py.
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psutil
 import pytest
@@ -205,3 +206,123 @@ def test_a_cached_report_is_judged_under_the_current_policy(tmp_path):
     assert again.recommendation.request_mib > first.recommendation.request_mib
     with pytest.raises(ProfileGateError, match="above the ceiling"):
         profile(resolved(memory=MemoryPolicy(ceiling_mib=1)), None, content_hash="h", cache=cache)
+
+
+# --- the pack measurement: a second run of the model twice in one (stand-in) pack server ---
+
+
+def packing_stub(
+    single_mode: str = "ok",
+    pack_mode: str = "ok",
+    ballast_mib: int = 0,
+    starts: list[list[str]] | None = None,
+) -> ProcessBackend:
+    """The stand-in, and as a pack server the stand-in serving each name with its own ballast."""
+
+    def command(
+        _r: ResolvedModel, _registry: Registry | None, port: int
+    ) -> tuple[list[str], dict[str, str]]:
+        if starts is not None:
+            starts.append([_r.name])
+        return stub_argv(port, single_mode, ballast_mib), {}
+
+    def pack(
+        _r: ResolvedModel, _registry: Registry | None, port: int, names: Sequence[str]
+    ) -> tuple[list[str], dict[str, str]]:
+        if starts is not None:
+            starts.append(list(names))
+        return [*stub_argv(port, pack_mode, ballast_mib), json.dumps(list(names))], {}
+
+    return ProcessBackend(command, pack)
+
+
+def test_the_pack_run_measures_what_a_second_copy_adds():
+    # each copy holds 48 MiB of its own: that is the marginal cost; the rest is the baseline
+    starts: list[list[str]] = []
+    report = profile(
+        resolved(),
+        None,
+        backend=packing_stub(ballast_mib=48, starts=starts),
+        options=FAST,
+        content_hash="h",
+        pack=True,
+    )
+    assert starts == [["stub_model"], ["stub_model", "stub_model--twin"]]
+    pack = report.pack
+    assert pack is not None and report.passed
+    for marginal in (pack.marginal_idle_mib, pack.marginal_p95_mib, pack.marginal_peak_mib):
+        assert 44 <= marginal <= 53
+    p95, peak = report.memory.p95_mib, report.memory.peak_mib
+    assert pack.baseline_p95_mib == pytest.approx(p95 - pack.marginal_p95_mib, abs=0.15)
+    assert pack.baseline_peak_mib == pytest.approx(peak - pack.marginal_peak_mib, abs=0.15)
+    assert pack.source == "uss (process tree)"
+    assert "in a pack: baseline p95" in report.summary()
+
+
+def test_a_cached_report_without_the_pack_is_measured_again(tmp_path):
+    cache = ProfileCache(tmp_path)
+    starts: list[list[str]] = []
+    backend = packing_stub(starts=starts)
+    first = profile(resolved(), None, backend=backend, options=FAST, content_hash="h", cache=cache)
+    assert first.pack is None and len(starts) == 1
+    # a single-run call is content with it
+    assert profile(resolved(), None, backend=backend, content_hash="h", cache=cache).cached
+    packed = profile(
+        resolved(), None, backend=backend, options=FAST, content_hash="h", cache=cache, pack=True
+    )
+    assert not packed.cached and packed.pack is not None and len(starts) == 3
+    stored = cache.get("h")
+    assert stored is not None and stored.pack == packed.pack
+    # now both kinds of call are served from the cache
+    again = profile(resolved(), None, backend=backend, content_hash="h", cache=cache, pack=True)
+    assert again.cached and again.pack == packed.pack
+    assert profile(resolved(), None, backend=backend, content_hash="h", cache=cache).cached
+    assert len(starts) == 3
+
+
+def test_a_model_that_fails_in_the_twin_run_fails_the_gate(tmp_path):
+    # alone it answers; in the pack each copy answers its warm-up request, then fails
+    cache = ProfileCache(tmp_path)
+    with pytest.raises(ProfileGateError) as info:
+        profile(
+            resolved(),
+            None,
+            backend=packing_stub(pack_mode="flaky"),
+            options=FAST,
+            content_hash="h",
+            cache=cache,
+            pack=True,
+        )
+    message = str(info.value)
+    assert "model 'stub_model' failed the profile gate" in message
+    [problem] = info.value.problems
+    assert problem.startswith("in the twin pack run: predictions failed: ")
+    assert "(first: /models/stub_model: HTTP 500" in problem
+    assert "ValueError: the model raised on predict" in message  # from the server's log
+    # the failed report is kept aside, with the single run's numbers and the pack's
+    failed = json.loads((tmp_path / "failed" / "h.json").read_text())
+    assert failed["passed"] is False and failed["pack"] is not None
+    assert cache.get("h") is None
+
+
+def test_a_twin_that_fails_its_warm_up_fails_the_gate_naming_the_copy():
+    with pytest.raises(ProfileGateError) as info:
+        profile(
+            resolved(),
+            None,
+            backend=packing_stub(pack_mode="fail"),
+            options=FAST,
+            content_hash="h",
+            pack=True,
+        )
+    [problem] = info.value.problems
+    assert problem.startswith(
+        "in the twin pack run: predictions failed: the warm-up request to /models/stub_model "
+        "got HTTP 500"
+    )
+    assert "model 'stub_model' failed the profile gate" in str(info.value)
+
+
+def test_a_custom_command_without_a_pack_command_says_it_cannot_pack():
+    with pytest.raises(ValueError, match="cannot start a pack of 2 copies"):
+        profile(resolved(), None, backend=stub(), options=FAST, content_hash="h", pack=True)

@@ -19,6 +19,7 @@ from profiler.memory import (
     parse_memory_stat,
     percentile,
     process_tree_pss,
+    process_tree_uss,
 )
 
 # A parent that forks a child holding `mib` MiB of written (so resident) memory.
@@ -66,6 +67,20 @@ def test_pss_of_a_gone_process_raises():
     proc.wait()
     with pytest.raises(ProcessLookupError):
         process_tree_pss(proc.pid)
+    with pytest.raises(ProcessLookupError):
+        process_tree_uss(proc.pid)
+
+
+def test_uss_of_a_process_tree_counts_the_private_pages_of_the_children():
+    small, big = start_tree(1), start_tree(150)
+    try:
+        small_mib = process_tree_uss(small.pid) / MIB
+        big_mib = process_tree_uss(big.pid) / MIB
+        assert process_tree_uss(big.pid) <= process_tree_pss(big.pid)
+    finally:
+        stop_tree(small)
+        stop_tree(big)
+    assert 140 <= big_mib - small_mib <= 170
 
 
 V1_STAT = """cache 1048576
@@ -104,17 +119,24 @@ def test_cgroup_probe_reads_v1_and_v2_folders(tmp_path):
     found = find_cgroup(cid, None, root=tmp_path / "v1")
     assert found == CgroupMemory(v1, 1)
     assert found() == 230 * MIB and found.source == "cgroup v1 rss+mapped_file"
+    assert found.private() == 200 * MIB and found.private_source == "cgroup v1 rss"
     v2 = write(
         tmp_path / "v2" / "system.slice" / f"docker-{cid}.scope",
-        {"memory.current": str(300 * MIB), "memory.stat": f"inactive_file {40 * MIB}\n"},
+        {
+            "memory.current": str(300 * MIB),
+            "memory.stat": f"anon {180 * MIB}\ninactive_file {40 * MIB}\n",
+        },
     )
     found = find_cgroup(cid, None, root=tmp_path / "v2")
     assert found == CgroupMemory(v2, 2) and found() == 260 * MIB
+    assert found.private() == 180 * MIB and found.private_source == "cgroup v2 anon"
     with pytest.raises(LookupError, match="no memory cgroup found for container c0ffeec0ffee"):
         find_cgroup(cid, None, root=tmp_path / "nothing")
     (v1 / "memory.stat").unlink()
     with pytest.raises(ProcessLookupError):
         CgroupMemory(v1, 1)()
+    with pytest.raises(ProcessLookupError):
+        CgroupMemory(v1, 1).private()
 
 
 def test_cgroup_found_through_the_process(tmp_path):
