@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from fleet.errors import FleetError
 
 # Module names under fleet.commands, in the order `fleet --help` lists them.
-COMMANDS = ("serve", "validate", "routes", "demo_registry", "build", "profile")
+COMMANDS = ("serve", "validate", "routes", "demo_registry", "build", "profile", "place")
 
 
 def build_parser() -> argparse.ArgumentParser:
