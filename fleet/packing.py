@@ -9,7 +9,7 @@ more such model adds. A pack of models then measures
     peak = max(baseline_peak) + sum(marginal_peak)
 
 and its memory request and limit follow from those under the fleet's memory policy
-(`profiler.policy.recommend`, as for a model alone). A pack fits when that limit is
+(`fleet.sizing.recommend`, as for a model alone). A pack fits when that limit is
 within `packing.memory_budget_mib` and it holds at most `packing.max_models` models.
 
 Placement is stable: `place` starts from the previous placement (the placement file that
@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from fleet.errors import FleetError, SpecError
+from fleet.sizing import recommend
 from fleet.spec import MemoryPolicy, Packing
 
 PACK_PREFIX = "pack-"
@@ -100,8 +101,6 @@ class PackMemory:
 
 def pack_memory(sizes: Iterable[PackSize], policy: MemoryPolicy) -> PackMemory:
     """The memory of a pack of models of `sizes` under `policy` (see the module docs)."""
-    from profiler.policy import recommend
-
     sizes = list(sizes)
     if not sizes:
         raise ValueError("a pack holds at least one model")

@@ -62,11 +62,11 @@ stored report has no `pack`. `profile_fleet` runs many models with bounded
 parallelism and progress lines. See docs/profiler.md.
 """
 
+from fleet.sizing import Recommendation, recommend
 from profiler.cache import ProfileCache
 from profiler.gate import ProfileGateError
 from profiler.load import LoadPlan
 from profiler.parallel import Outcome, profile_fleet
-from profiler.policy import Recommendation, recommend
 from profiler.report import PackStats, Report
 from profiler.run import ProfileOptions, profile
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fleet.errors import FleetError
+from fleet.sizing import Recommendation, recommend
 from fleet.spec import MemoryPolicy
-from profiler.policy import Recommendation, recommend
 
 if TYPE_CHECKING:
     from profiler.report import LoadStats, MemoryStats, Report
@@ -75,7 +75,7 @@ def _ceiling_problems(peak_mib: float, policy: MemoryPolicy) -> list[str]:
 
 
 def rederive(model: str, p95_mib: float, peak_mib: float, policy: MemoryPolicy) -> Recommendation:
-    """Request and limit for a stored measurement under `policy` (`profiler.policy`).
+    """Request and limit for a stored measurement under `policy` (`fleet.sizing`).
 
     Raises ProfileGateError when the peak is above the policy's ceiling. The Pulumi
     component calls this when only a model's memory policy changed.

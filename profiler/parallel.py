@@ -15,10 +15,10 @@ from typing import Literal
 
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
+from fleet.sizing import Recommendation, fixed
 from profiler.backends import Backend
 from profiler.cache import ProfileCache
 from profiler.gate import ProfileGateError
-from profiler.policy import Recommendation, fixed
 from profiler.report import Report
 from profiler.run import ProfileOptions, content_hash_of, profile
 

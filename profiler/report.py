@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from profiler.policy import Recommendation
+from fleet.sizing import Recommendation
 
 SCHEMA = 1
 

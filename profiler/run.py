@@ -28,13 +28,13 @@ from fleet.host.processes import wait_ready
 from fleet.host.registry import Registry
 from fleet.resolved import ResolvedModel
 from fleet.schema import random_records
+from fleet.sizing import recommend
 from fleet.spec import MemoryPolicy
 from profiler.backends import Backend, ProcessBackend, Server
 from profiler.cache import ProfileCache
 from profiler.gate import ProfileGateError, problems_of, twin_problems
 from profiler.load import MAX_KEPT_ERRORS, LoadPlan, LoadResult, check_answer, run_load
 from profiler.memory import MIB, MemorySampler, percentile
-from profiler.policy import recommend
 from profiler.report import LoadStats, MemoryStats, PackStats, PhaseStats, Report
 
 

@@ -41,9 +41,9 @@ from fleet.host import docker_cli
 from fleet.host.images import UID, BuildSettings, ImageResult, content_hash, image_ref
 from fleet.host.processes import Endpoint, free_port, wait_ready
 from fleet.resolved import ResolvedModel
+from fleet.sizing import recommend
 from fleet.spec import MemoryPolicy
 from profiler import ProfileGateError
-from profiler.policy import recommend
 from tests.graph.fleetgen import generated_fleet, with_new_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,7 +174,7 @@ def test_policy_change_below_the_peak_fails_the_gate(small):
     ],
 )
 def test_policy_only_update_follows_the_policy(small, change):
-    """Request and limit after a policy-only update are `profiler.policy.recommend`'s
+    """Request and limit after a policy-only update are `fleet.sizing.recommend`'s
     for the stored p95 and peak; the measurement itself is kept."""
     r = small[1][0]
     policy = dict(r.model.settings.memory.model_dump(mode="json"), **change)

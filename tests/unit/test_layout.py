@@ -4,7 +4,8 @@ Layers, lowest first (docs/architecture.md):
   1. `fleet.errors`, `fleet.schema`: shipped in both images, import nothing of the project;
   2. the image packages `fleet.serving` and `fleet.router`: import only layer 1 and
      themselves, so their files (`fleet.hashing.*_IMAGE_CODE`) are exactly the image's code;
-  3. the core (`fleet.naming`, `spec`, `specfile`, `resolved`, `routes`, `hashing`): pure;
+  3. the core (`fleet.naming`, `spec`, `specfile`, `resolved`, `routes`, `hashing`,
+     `sizing`, `packing`): pure;
   4. the host layer `fleet.host`: every side effect;
   5. `fleet.commands`/`fleet.cli`, `profiler`, `components`, `__main__.py`.
 A module imports only from its own layer or below, and there are no import cycles.
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fleet", "profiler", "components")
 IMAGE_SHARED = {"fleet", "fleet.errors", "fleet.schema"}
 CORE = {"fleet.naming", "fleet.spec", "fleet.specfile", "fleet.resolved", "fleet.routes"}
-CORE |= {"fleet.hashing"}
+CORE |= {"fleet.hashing", "fleet.sizing", "fleet.packing"}
 
 
 def module_name(path: Path) -> str:

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleet.sizing import Recommendation, fixed, recommend
 from fleet.spec import MemoryPolicy
 from profiler.cache import ProfileCache
 from profiler.gate import ProfileGateError, problems_of, rederive
-from profiler.policy import Recommendation, fixed, recommend
 from profiler.report import LoadStats, MemoryStats, PhaseStats, Report, summary_table
 
 
