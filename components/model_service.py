@@ -94,20 +94,18 @@ class ModelService(pulumi.ComponentResource):
         self.version = resolved.version
         request: pulumi.Output[int]
         limit: pulumi.Output[int]
+        profile_args = MemoryProfileArgs(
+            resolved=resolved,
+            image=self.image.image,
+            content_hash=self.image.content_hash,
+            requests=args.profile_requests,
+            auth=args.auth,
+            # A packed model is measured for its pack too: what it adds there, and the
+            # server's own baseline.
+            pack=args.pack is not None,
+        )
         if args.pack is not None:
-            # Measured for its pack: what it adds there, and the server's own baseline.
-            self.profile = MemoryProfile(
-                f"{name}-profile",
-                MemoryProfileArgs(
-                    resolved=resolved,
-                    image=self.image.image,
-                    content_hash=self.image.content_hash,
-                    requests=args.profile_requests,
-                    auth=args.auth,
-                    pack=True,
-                ),
-                child,
-            )
+            self.profile = MemoryProfile(f"{name}-profile", profile_args, child)
             self.deployment = self.service = None
             self.memory_request_mib = None
             self.url = member_url(args.pack, args.namespace, resolved.name)
@@ -126,17 +124,7 @@ class ModelService(pulumi.ComponentResource):
             self.profile = None
             request = limit = pulumi.Output.from_input(fixed)
         else:
-            self.profile = MemoryProfile(
-                f"{name}-profile",
-                MemoryProfileArgs(
-                    resolved=resolved,
-                    image=self.image.image,
-                    content_hash=self.image.content_hash,
-                    requests=args.profile_requests,
-                    auth=args.auth,
-                ),
-                child,
-            )
+            self.profile = MemoryProfile(f"{name}-profile", profile_args, child)
             request, limit = self.profile.request_mib, self.profile.limit_mib
         objects = ModelObjects(
             k8s_name=resolved.model.k8s_name,

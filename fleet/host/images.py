@@ -327,7 +327,7 @@ def bento_layer(
     _without_creation_times(work / "bento")
     files = {}
     if settings.ca_bundle is not None:
-        files[CA_PATH] = _base_file(settings.base_image, "/" + CA_PATH) + (
+        files[CA_PATH] = image_file(settings.base_image, "/" + CA_PATH) + (
             b"\n" + settings.ca_bundle.read_bytes()
         )
     layer = image_layers.write_layer(
@@ -418,13 +418,11 @@ def packages_layer_id(settings: BuildSettings, base: dict[str, Any]) -> str:
     return layer.diff_id
 
 
-def _base_file(base_image: str, path: str) -> bytes:
-    """A file of the base image (its CA bundle, to extend it)."""
-    proc = docker_cli.run(
-        "run", "--rm", "--network", "none", "--entrypoint", "cat", base_image, path
-    )
+def image_file(image: str, path: str) -> bytes:
+    """A file of `image` (the base's CA bundle, to extend it)."""
+    proc = docker_cli.run("run", "--rm", "--network", "none", "--entrypoint", "cat", image, path)
     if proc.returncode != 0:
-        raise BuildError(f"cannot read {path} from {base_image}: {proc.stderr.decode()[-500:]}")
+        raise BuildError(f"cannot read {path} from {image}: {proc.stderr.decode()[-500:]}")
     return proc.stdout
 
 

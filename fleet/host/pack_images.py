@@ -40,6 +40,7 @@ from fleet.host.images import (
     _record,
     bento_dir,
     built_here,
+    image_file,
     kept_layer_path,
     model_env,
     runtime_env,
@@ -155,7 +156,7 @@ def _own_layer(
     trees = {root.lstrip("/"): _copy_out(member.image, root, work / "tree")}
     files = {}
     if settings.ca_bundle is not None:
-        files[CA_PATH] = _file_out(member.image, "/" + CA_PATH)
+        files[CA_PATH] = image_file(member.image, "/" + CA_PATH)
     layer = image_layers.write_layer(work / "layer.tar", trees, files)
     if layer.diff_id != diff_id:
         raise BuildError(
@@ -183,10 +184,3 @@ def _copy_out(image: str, path: str, dest: Path) -> Path:
     finally:
         docker_cli.run("rm", "--force", cid)
     return dest / Path(path).name
-
-
-def _file_out(image: str, path: str) -> bytes:
-    proc = docker_cli.run("run", "--rm", "--network", "none", "--entrypoint", "cat", image, path)
-    if proc.returncode != 0:
-        raise BuildError(f"cannot read {path} from {image}: {proc.stderr.decode()[-500:]}")
-    return proc.stdout
