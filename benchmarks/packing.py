@@ -13,7 +13,10 @@ model. The extra memory per packed model is (pack - one-model server) / (models 
 by USS and by PSS; the two one-model servers show how much a process's figure varies.
 Latency: `--model` alone and in the pack, taking turns in rotating rounds (the lean load
 loop of benchmarks/router.py, one record per request); medians, and the per-round ratio
-of the pack's requests/s to alone.
+of the pack's requests/s and p50 to alone's. CPU/req is the server process's CPU time per answered
+request, and the load generator's own CPU time per request (this process) beside it.
+The load generator's ceiling, a no-op ASGI app (benchmarks/serving.py) under
+uvicorn, takes its turn in the same rounds.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from contextlib import ExitStack
-from typing import Any
+from dataclasses import dataclass
 
 import psutil
 
-from benchmarks.router import ROOT, Load, start, supervisor
+from benchmarks.router import ROOT, Load, Result, cpu_s, start, supervisor
+from benchmarks.serving import NOOP, start_noop
 from fleet.host.demo_registry import BIG_MODEL
 from fleet.host.model_server import pack_command, pack_path, server_command
 from fleet.host.model_store import ModelStore
@@ -36,6 +39,16 @@ from fleet.host.processes import free_port
 from fleet.host.registry import Registry
 from fleet.schema import random_records
 from fleet.specfile import load_fleet
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measurement, with the CPU time per answered request of the server and of
+    the load generator (this process)."""
+
+    res: Result
+    server_cpu_ms: float
+    generator_cpu_ms: float
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -76,27 +89,39 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         pids["pack"] = start(children, "pack", argv, url, env=env, timeout_s=600).pid
         loads["in the pack"] = Load(f"{url}{pack_path(one.name)}/predict", bodies)
+        noop = start_noop(children)
+        loads[NOOP], pids[NOOP] = noop.load, noop.pid
         for r in resolved:  # every packed model has answered once
             records = random_records(r.inputs, 16, seed=1)
             Load(f"{url}{pack_path(r.name)}/predict", [{"records": records}]).run(1, 0.2)
         for load in loads.values():
             load.run(16, 2.0)
         time.sleep(1)
-        mem = {name: memory(pid) for name, pid in pids.items()}
-        runs: dict[int, dict[str, list[Any]]] = {}
-        names = ["alone", "in the pack"]
+        mem = {name: memory(pid) for name, pid in pids.items() if name != NOOP}
+        runs: dict[int, dict[str, list[Run]]] = {}
+        names = ["alone", "in the pack", NOOP]
+        server = {"alone": pids["alone"], "in the pack": pids["pack"], NOOP: pids[NOOP]}
         for c in args.concurrency:
             runs[c] = {name: [] for name in names}
             for i in range(args.rounds):
-                for name in names[i % 2 :] + names[: i % 2]:
-                    runs[c][name].append(loads[name].run(c, args.seconds))
+                k = i % len(names)
+                for name in names[k:] + names[:k]:
+                    before = cpu_s(server[name]), time.process_time()
+                    res = loads[name].run(c, args.seconds)
+                    n = max(1, round(res.rps * args.seconds))
+                    cpu_ms = (cpu_s(server[name]) - before[0]) * 1000 / n
+                    own_ms = (time.process_time() - before[1]) * 1000 / n
+                    runs[c][name].append(Run(res, cpu_ms, own_ms))
     print(table(mem, runs, len(resolved), one.name))
     load_avg = os.getloadavg()[0]
     print(f"\n{time.time() - started:.0f} s; load average at the end {load_avg:.1f}")
 
 
 def table(
-    mem: dict[str, tuple[float, float]], runs: dict[int, dict[str, list[Any]]], n: int, name: str
+    mem: dict[str, tuple[float, float]],
+    runs: dict[int, dict[str, list[Run]]],
+    n: int,
+    name: str,
 ) -> str:
     med = statistics.median
     lines = [
@@ -113,20 +138,25 @@ def table(
         "",
         f"Extra per packed model: {uss_extra:.1f} MiB USS, {pss_extra:.1f} MiB PSS",
         "",
-        "| c | served | req/s | pack / alone | p50 | p99 | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| c | served | req/s | req/s this / alone | p50 | p50 this / alone | p99 | "
+        "CPU/req server | CPU/req generator | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, by in runs.items():
         for served, results in by.items():
-            pairs = zip(results, by["alone"], strict=True)
-            ratio = med(a.rps / b.rps for a, b in pairs)
+            pairs = list(zip((r.res for r in results), (r.res for r in by["alone"]), strict=True))
+            rps = med(a.rps / b.rps for a, b in pairs)
+            p50 = med(a.p50_ms / b.p50_ms for a, b in pairs)
             lines.append(
-                f"| {c} | {served} | {med(r.rps for r in results):.0f} | {ratio:.2f} | "
-                f"{med(r.p50_ms for r in results):.2f} ms | "
-                f"{med(r.p99_ms for r in results):.2f} ms | {sum(r.errors for r in results)} |"
+                f"| {c} | {served} | {med(r.res.rps for r in results):.0f} | {rps:.2f} | "
+                f"{med(r.res.p50_ms for r in results):.2f} ms | {p50:.2f} | "
+                f"{med(r.res.p99_ms for r in results):.2f} ms | "
+                f"{med(r.server_cpu_ms for r in results):.3f} ms | "
+                f"{med(r.generator_cpu_ms for r in results):.3f} ms | "
+                f"{sum(r.res.errors for r in results)} |"
             )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
