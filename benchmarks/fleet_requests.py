@@ -1,7 +1,7 @@
 """Memory a generated fleet of small models requests from Kubernetes: packed against dedicated.
 
     uv run python -m benchmarks.fleet_requests [--tracking-uri URI] [--models 150]
-        [--duration 4] [--sizes-from placement.yaml] [--marginal-floor MIB]
+        [--duration 4] [--sizes-from placement.yaml]
 
 Measured, not assumed, per model: every packed model of models.yaml (the 10 small demo
 models) is profiled now with the real profiler (process backend, `pack=True`, one model
@@ -15,17 +15,15 @@ sizes them:
 - dedicated: each model's `recommend(p95, peak, defaults.memory).request_mib` times its
   replicas (the router and the platform are the same either way and left out);
 - packed: `fleet.packing.place` under models.yaml's `packing`, then each pack's
-  `pack_memory(members).request_mib` times `packing.replicas`, and once more with one
-  replica per pack for a like-for-like line. Limits are summed the same way.
+  `pack_memory(members, packing.min_marginal_mib).request_mib` times `packing.replicas`
+  (every marginal counted as at least `packing.min_marginal_mib`, as the program does),
+  and once more with one replica per pack for a like-for-like line. Limits are summed
+  the same way.
 
 `--sizes-from placement.yaml` measures nothing: the pack sizes are the placement file's
 (what `fleet place` measured) and each model's own p95 and peak come from the profile
 report that the same `fleet place` run stored under the same content hash
 (`.fleet/profiles/<content_hash>.json`, `--cache-dir`).
-
-`--marginal-floor MIB` adds a line with every marginal raised to at least MIB: what the
-packed total would be if a model added what benchmarks/packing.py measures between whole
-servers rather than what the profiler's twin run measures.
 """
 
 from __future__ import annotations
@@ -138,7 +136,10 @@ def packed(
 ) -> tuple[Totals, Placement]:
     sizes = {m.name: m.size for m in fleet}
     placement = place(sizes, Placement(), packing, policy)
-    mems = [pack_memory([sizes[m] for m in ms], policy) for ms in placement.packs.values()]
+    mems = [
+        pack_memory([sizes[m] for m in ms], policy, packing.min_marginal_mib)
+        for ms in placement.packs.values()
+    ]
     totals = Totals(
         pods=len(mems) * replicas,
         request_mib=sum(p.request_mib for p in mems) * replicas,
@@ -148,16 +149,6 @@ def packed(
     return totals, placement
 
 
-def with_floor(m: Measured, floor: float) -> Measured:
-    s = m.size
-    raised = replace(
-        s,
-        marginal_p95_mib=max(s.marginal_p95_mib, floor),
-        marginal_peak_mib=max(s.marginal_peak_mib, floor),
-    )
-    return replace(m, size=raised)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", default=None, help="registry holding the demo models")
@@ -165,7 +156,6 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="load per profile run (s)")
     parser.add_argument("--sizes-from", type=Path, default=None, metavar="PLACEMENT_FILE")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / DEFAULT_DIR)
-    parser.add_argument("--marginal-floor", type=float, default=None, metavar="MIB")
     args = parser.parse_args()
     started = time.time()
     spec = load_fleet(ROOT / "models.yaml")
@@ -199,22 +189,13 @@ def main() -> None:
         (f"packed, {packing.replicas} replicas per pack (models.yaml)", two),
         ("packed, 1 replica per pack", one),
     ]
-    if args.marginal_floor is not None:
-        floored = [with_floor(m, args.marginal_floor) for m in fleet]
-        lines.append(
-            (
-                f"packed, {packing.replicas} replicas, marginal at least "
-                f"{args.marginal_floor:g} MiB",
-                packed(floored, packing, policy, packing.replicas)[0],
-            )
-        )
     print()
     print(totals_table(lines, ded))
     sizes = {m.name: m.size for m in fleet}
     each = "; ".join(
         f"{p}: {len(ms)} models, request {mem.request_mib} / limit {mem.limit_mib} MiB"
         for p, ms in placement.packs.items()
-        for mem in [pack_memory([sizes[m] for m in ms], policy)]
+        for mem in [pack_memory([sizes[m] for m in ms], policy, packing.min_marginal_mib)]
     )
     print(
         f"\nPlacement ({args.models} models, budget {packing.memory_budget_mib} MiB limit, "

@@ -155,7 +155,7 @@ def sized(
     sizes = [
         PackSize(float(b95), float(bpk), float(m95), float(mpk)) for b95, bpk, m95, mpk in numbers
     ]
-    mem = pack_memory(sizes, policy)
+    mem = pack_memory(sizes, policy, packing.min_marginal_mib)
     if mem.limit_mib > packing.memory_budget_mib:
         raise PlacementError(
             f"pack '{pack}': its models now measure {mem.limit_mib} MiB (limit) against "

@@ -5,8 +5,8 @@ a model costs there is measured by the profiler (`profiler.report.PackStats`): i
 *baseline*, the server with the libraries the model needs, and its *marginal*, what one
 more such model adds. A pack of models then measures
 
-    p95  = max(baseline_p95)  + sum(marginal_p95)
-    peak = max(baseline_peak) + sum(marginal_peak)
+    p95  = max(baseline_p95)  + sum(max(marginal_p95,  packing.min_marginal_mib))
+    peak = max(baseline_peak) + sum(max(marginal_peak, packing.min_marginal_mib))
 
 and its memory request and limit follow from those under the fleet's memory policy
 (`fleet.sizing.recommend`, as for a model alone). A pack fits when that limit is
@@ -99,13 +99,19 @@ class PackMemory:
     limit_mib: int
 
 
-def pack_memory(sizes: Iterable[PackSize], policy: MemoryPolicy) -> PackMemory:
-    """The memory of a pack of models of `sizes` under `policy` (see the module docs)."""
+def pack_memory(
+    sizes: Iterable[PackSize], policy: MemoryPolicy, min_marginal_mib: float = 0.0
+) -> PackMemory:
+    """The memory of a pack of models of `sizes` under `policy` (see the module docs),
+    each marginal taken as at least `min_marginal_mib` (`packing.min_marginal_mib`)."""
     sizes = list(sizes)
     if not sizes:
         raise ValueError("a pack holds at least one model")
-    p95 = max(s.baseline_p95_mib for s in sizes) + sum(s.marginal_p95_mib for s in sizes)
-    peak = max(s.baseline_peak_mib for s in sizes) + sum(s.marginal_peak_mib for s in sizes)
+    floor = min_marginal_mib
+    p95 = max(s.baseline_p95_mib for s in sizes)
+    p95 += sum(max(s.marginal_p95_mib, floor) for s in sizes)
+    peak = max(s.baseline_peak_mib for s in sizes)
+    peak += sum(max(s.marginal_peak_mib, floor) for s in sizes)
     peak = max(peak, p95)
     rec = recommend(p95, peak, policy.model_copy(update={"fixed_mib": None}))
     return PackMemory(round(p95, 1), round(peak, 1), rec.request_mib, rec.limit_mib)
@@ -160,12 +166,13 @@ def place(
         if len(models) > packing.max_models:
             return False
         return (
-            pack_memory([sizes[m] for m in models], policy).limit_mib <= packing.memory_budget_mib
+            pack_memory([sizes[m] for m in models], policy, packing.min_marginal_mib).limit_mib
+            <= packing.memory_budget_mib
         )
 
     for name in sorted(sizes):
         if not fits([name]):
-            alone = pack_memory([sizes[name]], policy).limit_mib
+            alone = pack_memory([sizes[name]], policy, packing.min_marginal_mib).limit_mib
             raise PlacementError(
                 f"model '{name}': measured alone in a pack its limit is {alone} MiB, over "
                 f"packing.memory_budget_mib ({packing.memory_budget_mib}); raise the budget "

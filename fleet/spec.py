@@ -118,6 +118,11 @@ class Packing(_Strict):
     this; a model that would take a pack over it goes to another pack."""
     max_models: Annotated[int, Field(ge=1, le=1000)] = 100
     """Most models in one pack (what one pod's restart takes down at once)."""
+    min_marginal_mib: Annotated[float, Field(ge=0, le=65_536)] = 2.0
+    """Least memory a packed model is taken to add to its pack, whatever it measured: the
+    profiler's twin run (the same model twice) shares what two copies of one model share
+    (cloudpickle's by-value classes), and reads lower than different models do (a pack of
+    ten different demo models: 1.8 MiB each, docs/benchmarks.md)."""
     replicas: Annotated[int, Field(ge=1, le=100)] = 2
     """Pods of each pack."""
     cpu: str = "500m"

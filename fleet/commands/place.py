@@ -130,7 +130,8 @@ def _stale(r: ResolvedModel, before: PlacementFile) -> bool:
 def _report(fleet: Fleet, before: PlacementFile, after: PlacementFile) -> None:
     budget = fleet.packing.memory_budget_mib
     for pack, models in after.placement.packs.items():
-        mem = pack_memory([after.sizes[m] for m in models], fleet.defaults.memory)
+        floor = fleet.packing.min_marginal_mib
+        mem = pack_memory([after.sizes[m] for m in models], fleet.defaults.memory, floor)
         print(
             f"{pack}: {len(models)} models, request {mem.request_mib}Mi, limit "
             f"{mem.limit_mib}Mi (budget {budget}Mi)"

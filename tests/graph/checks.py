@@ -107,7 +107,7 @@ def check_packs(cap: Capture, resolved: list[ResolvedModel], fleet: Fleet) -> No
             sizes.append(PackSize(*(float(profile.outputs[n]) for n in PACK_NUMBERS)))
             assert profile.urn in dep_res.property_dependencies["spec"], (pack, k)
             assert member_image.urn in image.property_dependencies["members"], (pack, k)
-        want = pack_memory(sizes, fleet.defaults.memory)
+        want = pack_memory(sizes, fleet.defaults.memory, fleet.packing.min_marginal_mib)
         res = container["resources"]
         assert res["requests"]["memory"] == f"{want.request_mib}Mi", pack
         assert res["limits"]["memory"] == f"{want.limit_mib}Mi", pack

@@ -30,7 +30,8 @@ def size(marginal: float, baseline: float = 180.0) -> PackSize:
 def fits(sizes: dict[str, PackSize], placement: Placement, packing: Packing) -> bool:
     return all(
         len(ms) <= packing.max_models
-        and pack_memory([sizes[m] for m in ms], POLICY).limit_mib <= packing.memory_budget_mib
+        and pack_memory([sizes[m] for m in ms], POLICY, packing.min_marginal_mib).limit_mib
+        <= packing.memory_budget_mib
         for ms in placement.packs.values()
     )
 
@@ -42,6 +43,13 @@ def test_pack_memory_is_the_largest_baseline_plus_every_marginal():
     # The policy of a model alone: request = p95 + 15 %, limit = max(1.5 x peak, peak + 64).
     assert mem.request_mib == 244
     assert mem.limit_mib == 336
+
+
+def test_a_marginal_below_the_floor_counts_as_the_floor():
+    tiny = [size(0.0), size(0.3), size(5.0)]
+    mem = pack_memory(tiny, POLICY, min_marginal_mib=2.0)
+    assert mem.p95_mib == 180.0 + 2.0 + 2.0 + 5.0
+    assert pack_memory(tiny, POLICY).p95_mib == 180.0 + 0.3 + 5.0
 
 
 def test_first_fit_decreasing_fills_packs_within_the_budget_and_the_count():
