@@ -19,15 +19,7 @@ from components.platform import Platform, PlatformArgs
 from components.router import Router, RouterArgs
 from fleet.host.images import BuildSettings
 from fleet.host.registry import Registry
-from fleet.packing import (
-    Placement,
-    PlacementFile,
-    check_names,
-    place,
-    placement_path,
-    read_placement,
-    sizes_for,
-)
+from fleet.packing import Placement, PlacementFile, place_fleet, placement_path, read_placement
 from fleet.resolved import ResolvedModel
 from fleet.spec import Fleet
 from fleet.specfile import load_fleet
@@ -78,22 +70,9 @@ def load_placement(cfg: StackConfig, fleet: Fleet) -> PlacementFile:
 
 
 def placement_of(fleet: Fleet, models: list[ResolvedModel], placed: PlacementFile) -> Placement:
-    """The packs of the packed models: the file's placement kept, new models placed by
-    the file's measurements (`fleet.packing.place`). Logs what `fleet place` would move."""
-    packed = [r for r in models if r.model.packed]
-    if not packed:
-        return Placement()
-    dedicated = [r.model.k8s_name for r in models if not r.model.packed]
-    names = [r.name for r in packed]
-    placement = place(
-        sizes_for(names, placed.sizes),
-        placed.placement,
-        fleet.packing,
-        fleet.defaults.memory,
-        dedicated,
-    )
-    check_names(placement, dedicated)
-    unmeasured = sorted(n for n in names if n not in placed.sizes)
+    """The packs of the packed models (`fleet.packing.place_fleet`); warns about models
+    placed by an estimate and logs what moves."""
+    placement, unmeasured = place_fleet(fleet, models, placed)
     if unmeasured:
         pulumi.log.warn(
             f"{len(unmeasured)} packed model(s) have no measurement in "

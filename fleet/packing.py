@@ -31,8 +31,9 @@ from typing import Any
 import yaml
 
 from fleet.errors import FleetError, SpecError
+from fleet.resolved import ResolvedModel
 from fleet.sizing import recommend
-from fleet.spec import MemoryPolicy, Packing
+from fleet.spec import Fleet, MemoryPolicy, Packing
 
 PACK_PREFIX = "pack-"
 """Packs are named `pack-0`, `pack-1`, ... (their Deployment, Service and pods too)."""
@@ -287,6 +288,24 @@ def write_placement(path: str | Path, placed: PlacementFile) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(HEADER + yaml.safe_dump(body, sort_keys=False, width=100))
     tmp.replace(path)
+
+
+def place_fleet(
+    fleet: Fleet, models: Iterable[ResolvedModel], placed: PlacementFile
+) -> tuple[Placement, list[str]]:
+    """The packs of the fleet's packed models (`place`, from the placement file `placed`,
+    dedicated models' names taken), and the packed models placed by an estimate because
+    `placed` has no measurement of them. The Pulumi program and `fleet serve` both call
+    this: they place alike."""
+    models = list(models)
+    packed = [r.name for r in models if r.model.packed]
+    if not packed:
+        return Placement(), []
+    dedicated = [r.model.k8s_name for r in models if not r.model.packed]
+    sizes = sizes_for(packed, placed.sizes)
+    placement = place(sizes, placed.placement, fleet.packing, fleet.defaults.memory, dedicated)
+    check_names(placement, dedicated)
+    return placement, sorted(n for n in packed if not sizes[n].measured)
 
 
 def placement_path(models_file: str | Path, packing: Packing) -> Path:

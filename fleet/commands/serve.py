@@ -40,7 +40,7 @@ from fleet.host.processes import (
 )
 from fleet.host.registry import Registry
 from fleet.host.watch import Keeper
-from fleet.packing import check_names, place, placement_path, read_placement, sizes_for
+from fleet.packing import PlacementFile, place_fleet, placement_path, read_placement
 from fleet.resolved import ResolvedModel
 from fleet.routes import build_routes_config
 from fleet.schema import random_records
@@ -117,22 +117,16 @@ def plan(
     the placement file beside `models_file`, under the fleet's memory policy.
     Every model that is not packed gets a server of its own.
     """
-    packed = {r.name: r for r in resolved if r.model.packed}
-    alone = [r for r in resolved if not r.model.packed]
-    servers: list[ServerPlan] = []
-    estimated: list[str] = []
-    if packed:
+    by_name = {r.name: r for r in resolved}
+    file = PlacementFile()
+    if any(r.model.packed for r in resolved):
         file = read_placement(placement_path(models_file, fleet.packing))
-        taken = [r.model.k8s_name for r in alone]
-        sizes = sizes_for(packed, file.sizes)
-        placement = place(sizes, file.placement, fleet.packing, fleet.defaults.memory, taken)
-        check_names(placement, taken)
-        servers = [
-            ServerPlan(pack, tuple(packed[m] for m in models), pack=True)
-            for pack, models in placement.packs.items()
-        ]
-        estimated = sorted(n for n in packed if not sizes[n].measured)
-    servers += [ServerPlan(r.name, (r,), pack=False) for r in alone]
+    placement, estimated = place_fleet(fleet, resolved, file)
+    servers = [
+        ServerPlan(pack, tuple(by_name[m] for m in models), pack=True)
+        for pack, models in placement.packs.items()
+    ]
+    servers += [ServerPlan(r.name, (r,), pack=False) for r in resolved if not r.model.packed]
     return servers, estimated
 
 
