@@ -168,7 +168,11 @@ class ArrayPredictor:
 
     def __call__(self, records: Records) -> list[Any]:
         order = self.order
-        array = np.array([[r[name] for name in order] for r in records], dtype=np.float64)
+        # Column-major, as scikit-learn gets a DataFrame's one float block: the BLAS picks
+        # its kernel, and so its order of sums, by the layout; the same layout gives the
+        # DataFrame path's answers to the bit.
+        rows = [[r[name] for name in order] for r in records]
+        array = np.array(rows, dtype=np.float64, order="F")
         for i in self._single:
             array[:, i] = array[:, i].astype(np.float32)
         return to_json_list(self.predict(array), len(records))
