@@ -18,6 +18,12 @@ import pytest
 
 from components.config import RegistryAuth
 from components.image import ModelImageArgs, ModelImageProvider, image_inputs
+from components.pack_image import (
+    PackImageArgs,
+    PackImageProvider,
+    PackMemberArgs,
+    pack_image_inputs,
+)
 from components.profile import MemoryProfileArgs, MemoryProfileProvider, profile_inputs
 from fleet.errors import BuildError
 from fleet.host import docker_cli
@@ -27,6 +33,7 @@ from fleet.host.images import (
     ImageResult,
     build_image,
     build_router_image,
+    kept_layer_path,
     router_ref,
 )
 from fleet.host.model_store import ModelStore
@@ -261,3 +268,47 @@ def test_an_image_re_tagged_in_the_engine_is_neither_reused_nor_pushed(
         docker_cli.run("rmi", f"{built.image_ref.rsplit(':', 1)[0]}:poisoned", built.image_ref)
     # With the stranger's tag gone, the build runs again and makes the same image.
     assert build_image(small, demo_registry, settings).image_id == built.image_id
+
+
+def test_a_fresh_runner_stacks_and_pushes_a_pack_image_from_pushed_model_images(
+    pushed: tuple[ImageResult, str, dict[str, object], set[str]],
+    image_registry: OciRegistry,
+    small: ResolvedModel,
+    demo_resolved: list[ResolvedModel],
+    demo_registry: Registry,
+    model_store: ModelStore,
+) -> None:
+    """The PackImage provider on a runner that has neither the member images nor their
+    layer tars: it pulls the members by digest with the login, makes their layers again
+    from their files (the same diff ids), stacks and pushes the pack; pulled back by its
+    digest, the pack is the shared layers and each member's own layer."""
+    built, digest_ref, _, _ = pushed
+    settings = BuildSettings(store=model_store, registry=f"{image_registry.server}/fleet")
+    other = by_name(demo_resolved, "match_probability_2_PHV_trafficunaware")
+    other_built = build_image(other, demo_registry, settings)
+    other_ref = docker_cli.push(other_built.image_ref, image_registry.login())
+    own = []
+    for image in (built, other_built):
+        info = docker_cli.inspect(image.image_ref)
+        assert info is not None
+        own.append(info["RootFS"]["Layers"][-1])
+        kept = kept_layer_path(info["RootFS"]["Layers"][-1])
+        kept.unlink(missing_ok=True)  # as on a runner that did not build them
+    forget(built.image_ref, digest_ref, other_built.image_ref, other_ref)
+    auth = RegistryAuth(image_registry.server, image_registry.username, "placeholder")
+    members = [
+        PackMemberArgs(small, digest_ref, built.content_hash),
+        PackMemberArgs(other, other_ref, other_built.content_hash),
+    ]
+    props = pack_image_inputs(PackImageArgs("pack-0", members, settings, push=True, auth=auth))
+    props["registry_password"] = secret(image_registry.password)  # as on the wire
+    outs = PackImageProvider().create(props).outs
+    assert outs["built"] is True
+    assert outs["image"].startswith(f"{image_registry.server}/fleet/pack-0@sha256:")
+    forget(props["image_ref"], outs["image"])
+    info = docker_cli.pull(outs["image"], image_registry.login())
+    assert info["RootFS"]["Layers"][-2:] == own
+    assert image_registry.password not in json.dumps(outs, default=str)
+    # The same inputs again (a new stack, lost state): the registry has the tag.
+    again = PackImageProvider().create(props).outs
+    assert again["built"] is False and again["image"] == outs["image"]
