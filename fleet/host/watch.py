@@ -108,9 +108,11 @@ class Keeper:
                     kept.restarts = 0
                 return
             kept.fails += 1
-            exited = child.exited() is not None
-            if exited or kept.fails >= self.fails:
-                self._down(kept, problem, now)
+            # A process that died while it was asked is said to have exited, with its
+            # code, not to have dropped the connection.
+            gone = child.exited()
+            if gone is not None or kept.fails >= self.fails:
+                self._down(kept, gone or problem, now)
         elif kept.state == "waiting":
             if now >= kept.due:
                 kept.restarts += 1
