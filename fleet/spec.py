@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,6 +37,16 @@ from fleet.router.config import RouterLimits
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
+def _cpu_quantity(value: str) -> str:
+    if not _CPU.match(value):
+        raise ValueError(f"'{value}' is not a Kubernetes CPU quantity such as 250m or 1")
+    return value
+
+
+CpuQuantity = Annotated[str, AfterValidator(_cpu_quantity)]
+"""A CPU request in Kubernetes units (`250m`, `1`)."""
 
 
 class _Strict(BaseModel):
@@ -90,7 +101,7 @@ class Settings(_Strict):
 
     replicas: Annotated[int, Field(ge=0, le=1000)] = 1
     """Pods of the model server (ignored while autoscaling is set)."""
-    cpu: str = "250m"
+    cpu: CpuQuantity = "250m"
     """CPU request of one pod, in Kubernetes units (`250m`, `1`)."""
     batching: Batching = Batching()
     """Adaptive batching of the model server."""
@@ -98,13 +109,6 @@ class Settings(_Strict):
     """Memory sizing from the pre-deploy profile."""
     autoscaling: Autoscaling | None = None
     """Add a HorizontalPodAutoscaler."""
-
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, value: str) -> str:
-        if not _CPU.match(value):
-            raise ValueError(f"'{value}' is not a Kubernetes CPU quantity such as 250m or 1")
-        return value
 
 
 class Packing(_Strict):
@@ -125,18 +129,11 @@ class Packing(_Strict):
     ten different demo models: 1.8 MiB each, docs/benchmarks.md)."""
     replicas: Annotated[int, Field(ge=1, le=100)] = 2
     """Pods of each pack."""
-    cpu: str = "500m"
+    cpu: CpuQuantity = "500m"
     """CPU request of one pack pod, in Kubernetes units."""
     placement_file: str = "placement.yaml"
     """Where `fleet place` writes the placement and the measurements (relative to
     models.yaml); placing reads it so that models stay where they are."""
-
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, value: str) -> str:
-        if not _CPU.match(value):
-            raise ValueError(f"'{value}' is not a Kubernetes CPU quantity such as 250m or 1")
-        return value
 
 
 class Shadow(_Strict):
